@@ -1,0 +1,143 @@
+"""The running exporter: one event loop thread that owns the client and the collector.
+
+HTTP handler threads hand scrapes to the loop and get plain snapshots back; metric families
+are then built in the handler thread, fresh for every scrape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import threading
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from threads_exporter import __version__
+from threads_exporter.client import REDACT, ApiStats, ThreadsClient
+from threads_exporter.collector import (
+    QuotaCollector,
+    Reading,
+    api_families,
+    copy_stats,
+    quota_families,
+)
+from threads_exporter.config import Config, ConfigError, load_config
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_SCRAPE_TIMEOUT = 10.0  # Prometheus' default scrape_timeout
+MAX_SCRAPE_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    readings: list[Reading]
+    stats: ApiStats
+
+
+def scrape_budget(header: str | None, offset: float) -> float:
+    """Seconds a scrape may spend: Prometheus' announced timeout minus a safety margin."""
+    try:
+        timeout = float(header) if header else DEFAULT_SCRAPE_TIMEOUT
+    except ValueError:
+        timeout = DEFAULT_SCRAPE_TIMEOUT
+    if not 0 < timeout < float("inf"):
+        timeout = DEFAULT_SCRAPE_TIMEOUT
+    return max(0.05, min(timeout, MAX_SCRAPE_TIMEOUT) - offset)
+
+
+class Exporter:
+    def __init__(self, config: Config, config_path: str | None = None, *,
+                 timeout_offset: float = 0.5,
+                 transport: httpx.AsyncBaseTransport | None = None):
+        self.config = config
+        self.config_path = config_path
+        self.timeout_offset = timeout_offset
+        self.reload_ok = True
+        self._transport = transport
+        self._reload_lock = threading.Lock()
+        REDACT.set_secrets(config.secrets())
+        self.stats = ApiStats()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="threads-api",
+                                        daemon=True)
+        self._thread.start()
+        self.client: ThreadsClient = self.call(self._make_client(config))
+        self.collector = QuotaCollector(self.client, config)
+
+    async def _make_client(self, config: Config) -> ThreadsClient:
+        # The client's semaphore and pool belong to the loop: build them on it.
+        return ThreadsClient(config.api, self.stats, transport=self._transport)
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run a coroutine on the exporter's loop from another thread and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    # --- scraping ---
+
+    def scrape(self, scrape_timeout_header: str | None = None,
+               account: str | None = None) -> list[Metric]:
+        budget = scrape_budget(scrape_timeout_header, self.timeout_offset)
+        deadline = time.monotonic() + budget
+        names = None if account is None else [account]
+        snapshot = self.call(self._snapshot(deadline, names), timeout=budget + 5)
+        families = quota_families(snapshot.readings)
+        if account is not None:
+            return families + api_families(snapshot.stats, {account})
+        return families + api_families(snapshot.stats) + self._own_families()
+
+    async def _snapshot(self, deadline: float, names: list[str] | None) -> Snapshot:
+        readings = await self.collector.scrape(deadline, names)
+        return Snapshot(readings, copy_stats(self.stats))
+
+    def _own_families(self) -> list[Metric]:
+        info = GaugeMetricFamily("threads_exporter_build_info", "Version of the exporter; "
+                                 "always 1", labels=["version", "python_version"])
+        info.add_metric([__version__, platform.python_version()], 1)
+        reload = GaugeMetricFamily("threads_config_last_reload_successful",
+                                   "1 if the last config reload succeeded, else 0")
+        reload.add_metric([], 1 if self.reload_ok else 0)
+        return [info, reload]
+
+    # --- config ---
+
+    def reload(self) -> str | None:
+        """Re-read the config file; returns the error, or None. A bad config is not adopted."""
+        if self.config_path is None:
+            return "no config file to reload (demo mode)"
+        with self._reload_lock:
+            try:
+                config = load_config(self.config_path)
+            except ConfigError as e:
+                self.reload_ok = False
+                log.error("config reload failed; keeping the running config",
+                          extra={"error": str(e)})
+                return str(e)
+            REDACT.add_secrets(config.secrets())
+            self.call(self._adopt(config))
+            self.config = config
+            self.reload_ok = True
+            log.info("config reloaded", extra={"accounts": len(config.accounts)})
+            return None
+
+    async def _adopt(self, config: Config) -> None:
+        if config.api != self.client.api:
+            old = self.client
+            self.client = await self._make_client(config)
+            self.collector.client = self.client
+            await old.aclose()
+        self.collector.reconfigure(config)
+
+    def close(self) -> None:
+        try:
+            self.call(self.client.aclose(), timeout=5)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)

@@ -1,0 +1,128 @@
+"""Command line: flags in exporter-toolkit style, start-up, signals, shutdown."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from typing import NoReturn
+
+from threads_exporter import __version__
+from threads_exporter.app import Exporter
+from threads_exporter.config import Account, ApiConfig, Config, ConfigError, load_config
+from threads_exporter.logs import LEVELS, setup_logging
+from threads_exporter.server import ExporterHTTPServer, parse_listen_address, serve_in_thread
+from threads_exporter.simulator import SimulatorServer, demo_accounts, demo_simulator
+
+log = logging.getLogger("threads_exporter")
+
+EXIT_CONFIG = 1
+EXIT_BIND = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # Bad flags are a config error (exit 1), as the contract says; argparse would use 2.
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="threads-exporter",
+                description="Prometheus exporter for Meta's Threads API publishing quotas "
+                            "and media containers.")
+    p.add_argument("--config.file", dest="config_file", default="config.yaml",
+                   help="YAML config file (default: %(default)s)")
+    p.add_argument("--config.check", dest="config_check", action="store_true",
+                   help="validate the config file, print what is wrong, exit 0 or 1")
+    p.add_argument("--web.listen-address", dest="listen", default=":10330",
+                   help="host:port to listen on; :port for all interfaces (default: %(default)s)")
+    p.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics",
+                   help="path under which to expose metrics (default: %(default)s)")
+    p.add_argument("--web.config.file", dest="web_config", default=None,
+                   help="exporter-toolkit web config file for TLS and basic auth")
+    p.add_argument("--scrape.timeout-offset", dest="timeout_offset", type=float, default=0.5,
+                   help="seconds kept in reserve from Prometheus' scrape timeout "
+                        "(default: %(default)s)")
+    p.add_argument("--log.level", dest="log_level", default="info", choices=list(LEVELS))
+    p.add_argument("--log.format", dest="log_format", default="logfmt",
+                   choices=["logfmt", "json"])
+    p.add_argument("--demo", action="store_true",
+                   help="run against the built-in Threads API simulator; needs no token")
+    p.add_argument("--version", action="version",
+                   version=f"threads-exporter {__version__} (python {sys.version.split()[0]})")
+    return p
+
+
+def demo_config(base_url: str) -> Config:
+    return Config(
+        api=ApiConfig(base_url=base_url, timeout_seconds=2.0),
+        cache_ttl_seconds=15.0,
+        accounts=tuple(Account(name, sim.user_id, sim.token) for name, sim in demo_accounts()),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.telemetry_path.startswith("/") or args.telemetry_path in ("/", "/probe"):
+        print("--web.telemetry-path: must start with / and not clash with other paths",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(args.log_level, args.log_format)
+
+    simulator = None
+    config_path: str | None = None
+    try:
+        address = parse_listen_address(args.listen)
+        if args.demo:
+            simulator = SimulatorServer(demo_simulator()).start()
+            config = demo_config(simulator.base_url)
+        else:
+            config_path = args.config_file
+            config = load_config(config_path)
+        web = None
+        if args.web_config:
+            from threads_exporter.webconfig import WebConfigError, load_web_config
+            try:
+                web = load_web_config(args.web_config)
+            except WebConfigError as e:
+                raise ConfigError(f"{args.web_config}: {e}") from None
+    except (ConfigError, ValueError) as e:
+        print(f"threads-exporter: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.config_check:
+        print(f"{args.config_file}: OK ({len(config.accounts)} accounts)")
+        return 0
+
+    exporter = Exporter(config, config_path, timeout_offset=args.timeout_offset)
+    try:
+        server = ExporterHTTPServer(address, exporter, web, args.telemetry_path)
+    except OSError as e:
+        log.error("cannot listen", extra={"address": args.listen, "error": e.strerror})
+        exporter.close()
+        return EXIT_BIND
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=exporter.reload).start())
+    serve_in_thread(server)
+    host, port = server.server_address[:2]
+    scheme = "https" if web is not None and web.ssl_context is not None else "http"
+    log.info("listening", extra={"address": f"{scheme}://{host}:{port}",
+                                 "accounts": len(config.accounts), "version": __version__})
+    if simulator is not None:
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        print(f"Demo mode: Threads API simulator at {simulator.base_url}.\n"
+              f"Scrape {scheme}://{shown}:{port}{args.telemetry_path} "
+              f"(landing page {scheme}://{shown}:{port}/).", file=sys.stderr, flush=True)
+    stop.wait()
+    log.info("shutting down")
+    server.shutdown()
+    server.server_close()
+    exporter.close()
+    if simulator is not None:
+        simulator.stop()
+    return 0

@@ -1,0 +1,399 @@
+"""Threads API client: HTTP, error classification, parsing and redaction.
+
+Tokens travel in the ``access_token`` query parameter (as in every Meta example), so request
+URLs are secrets. Nothing here formats a URL or an httpx exception into a message: errors are
+built from the reason, the Graph error code and the redacted Graph message only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from threads_exporter.config import Account, ApiConfig
+
+log = logging.getLogger(__name__)
+
+# Reasons, as in the contract's threads_api_errors_total{reason}.
+TOKEN_INVALID = "token_invalid"
+RATE_LIMITED = "rate_limited"
+PERMISSION = "permission"
+INVALID_REQUEST = "invalid_request"
+SERVER_ERROR = "server_error"
+TIMEOUT = "timeout"
+CONNECTION = "connection"
+BAD_RESPONSE = "bad_response"
+REASONS = (TOKEN_INVALID, RATE_LIMITED, PERMISSION, INVALID_REQUEST, SERVER_ERROR, TIMEOUT,
+           CONNECTION, BAD_RESPONSE)
+TRANSIENT = frozenset({SERVER_ERROR, TIMEOUT, CONNECTION})
+
+CONTAINER_STATUSES = ("IN_PROGRESS", "FINISHED", "PUBLISHED", "ERROR", "EXPIRED")
+
+# API field names for each quota group: (usage field, config field).
+QUOTA_FIELDS: dict[str, tuple[str, str]] = {
+    "posts": ("quota_usage", "config"),
+    "replies": ("reply_quota_usage", "reply_config"),
+    "deletes": ("delete_quota_usage", "delete_config"),
+    "location_searches": ("location_search_quota_usage", "location_search_config"),
+}
+
+MAX_BODY_BYTES = 1 << 20  # documented answers are tiny; anything bigger is not the API
+_SANE_MAX = 10**12  # larger counts are not a real quota
+DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+# --- redaction -----------------------------------------------------------------------------
+
+
+class Redactor:
+    """Masks every known secret, and anything shaped like a token parameter, in text."""
+
+    _PARAM = re.compile(r"((?:access_token|input_token)=)[^&\s\"']+", re.IGNORECASE)
+    _BEARER = re.compile(r"(Bearer\s+)[^\s\"']+", re.IGNORECASE)
+
+    def __init__(self) -> None:
+        self._secrets: tuple[str, ...] = ()
+        self._lock = threading.Lock()
+
+    def set_secrets(self, secrets: Iterable[str]) -> None:
+        # Longest first, so a secret containing another is masked whole.
+        with self._lock:
+            self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+
+    def add_secrets(self, secrets: Iterable[str]) -> None:
+        self.set_secrets((*self._secrets, *secrets))
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "<redacted>")
+        text = self._PARAM.sub(r"\1<redacted>", text)
+        return self._BEARER.sub(r"\1<redacted>", text)
+
+
+REDACT = Redactor()
+
+
+# --- errors and classification -------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """A failed call. The message is safe to log: it never holds a URL or a token."""
+
+    def __init__(self, reason: str, message: str, code: int | None = None,
+                 transient: bool = False):
+        self.reason = reason
+        self.code = code
+        self.transient = transient or reason in TRANSIENT
+        text = REDACT(message)[:300]
+        super().__init__(f"{reason}: {text}" + (f" (code {code})" if code is not None else ""))
+
+
+def reason_for_code(code: int) -> str | None:
+    if code == 190:
+        return TOKEN_INVALID
+    if code in (4, 17, 32, 613):
+        return RATE_LIMITED
+    if code == 10 or 200 <= code <= 299:
+        return PERMISSION
+    if code in (1, 2):
+        return SERVER_ERROR
+    if code == 100:
+        return INVALID_REQUEST
+    return None
+
+
+def reason_for_status(status: int) -> str:
+    if status == 429:
+        return RATE_LIMITED
+    if status in (401,):
+        return TOKEN_INVALID
+    if status == 403:
+        return PERMISSION
+    if status >= 500:
+        return SERVER_ERROR
+    return INVALID_REQUEST
+
+
+def graph_error(status: int, body: bytes) -> ApiError | None:
+    """The error a response carries, or None for a success. Graph code first, status second."""
+    payload = _json(body)
+    err = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(err, dict):
+        code = err.get("code")
+        code = code if isinstance(code, int) and not isinstance(code, bool) else None
+        reason = (reason_for_code(code) if code is not None else None) or (
+            reason_for_status(status) if status >= 400 else INVALID_REQUEST
+        )
+        message = err.get("message")
+        message = message if isinstance(message, str) else "Graph API error"
+        return ApiError(reason, message, code, transient=err.get("is_transient") is True)
+    if status >= 400:
+        return ApiError(reason_for_status(status), f"HTTP {status} without a Graph error body")
+    if payload is None:
+        return ApiError(BAD_RESPONSE, f"HTTP {status} body is not JSON")
+    return None
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+# --- parsing (pure) ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Quota:
+    usage: int
+    total: int
+    duration: int
+
+
+@dataclass(frozen=True)
+class ContainerStatus:
+    status: str
+    error_message: str | None = None
+
+
+def quota_fields(groups: Iterable[str]) -> str:
+    return ",".join(f for g in groups for f in QUOTA_FIELDS[g])
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if value != int(value) or not 0 <= value <= _SANE_MAX:
+        return None
+    return int(value)
+
+
+def parse_publishing_limit(body: bytes, groups: Sequence[str]) -> dict[str, Quota]:
+    """Quota readings for the requested groups present in a response.
+
+    A group whose fields are missing or malformed is left out (unknown, never 0). A response
+    with none of the requested groups is an error.
+    """
+    payload = _json(body)
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, list):
+        raise ApiError(BAD_RESPONSE, "publishing limit response has no data list")
+    if not data or not isinstance(data[0], dict):
+        raise ApiError(BAD_RESPONSE, "publishing limit response has empty data")
+    row = data[0]
+    found: dict[str, Quota] = {}
+    for group in groups:
+        usage_key, config_key = QUOTA_FIELDS[group]
+        config = row.get(config_key)
+        if not isinstance(config, dict):
+            continue
+        usage = _count(row.get(usage_key))
+        total = _count(config.get("quota_total"))
+        duration = _count(config.get("quota_duration"))
+        if usage is None or total is None or not duration:
+            continue
+        found[group] = Quota(usage=usage, total=total, duration=duration)
+    if not found:
+        raise ApiError(BAD_RESPONSE, "publishing limit response holds none of the quota fields")
+    return found
+
+
+def parse_container(body: bytes) -> ContainerStatus:
+    payload = _json(body)
+    status = payload.get("status") if isinstance(payload, dict) else None
+    if status not in CONTAINER_STATUSES:
+        raise ApiError(BAD_RESPONSE, "container response has no known status")
+    message = payload.get("error_message")
+    if status != "ERROR" or not isinstance(message, str) or not message:
+        message = None
+    return ContainerStatus(status=status, error_message=message)
+
+
+def parse_debug_token(body: bytes) -> float | None:
+    """expires_at as a Unix time; None when the token never expires (expires_at 0)."""
+    payload = _json(body)
+    data = payload.get("data") if isinstance(payload, dict) else None
+    expires = data.get("expires_at") if isinstance(data, dict) else None
+    if isinstance(expires, bool) or not isinstance(expires, (int, float)) or expires < 0:
+        raise ApiError(BAD_RESPONSE, "debug_token response has no expires_at")
+    return float(expires) or None
+
+
+# --- accounting ----------------------------------------------------------------------------
+
+
+@dataclass
+class ApiStats:
+    """Counts of calls, errors and latencies, read by the collector at scrape time."""
+
+    requests: dict[tuple[str, str], int] = field(default_factory=dict)
+    errors: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    # endpoint -> (bucket counts aligned with DURATION_BUCKETS plus +Inf, sum)
+    durations: dict[str, tuple[list[int], float]] = field(default_factory=dict)
+
+    def record(self, account: str, endpoint: str, seconds: float, reason: str | None) -> None:
+        key = (account, endpoint)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        if reason is not None:
+            ekey = (account, endpoint, reason)
+            self.errors[ekey] = self.errors.get(ekey, 0) + 1
+        buckets, total = self.durations.get(endpoint) or ([0] * (len(DURATION_BUCKETS) + 1), 0.0)
+        buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.durations[endpoint] = (buckets, total + seconds)
+
+
+# --- the client ----------------------------------------------------------------------------
+
+
+class ThreadsClient:
+    """Async calls to the Threads API over one shared connection pool."""
+
+    def __init__(self, api: ApiConfig, stats: ApiStats | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None):
+        self.api = api
+        self.stats = stats or ApiStats()
+        self._gate = asyncio.Semaphore(api.max_concurrency)
+        limits = httpx.Limits(max_connections=api.max_concurrency,
+                              max_keepalive_connections=api.max_concurrency)
+        self._http = httpx.AsyncClient(
+            base_url=f"{api.base_url}/{api.version}",
+            limits=limits,
+            timeout=api.timeout_seconds,
+            transport=transport,
+            headers={"User-Agent": "threads-exporter"},
+            follow_redirects=False,
+        )
+        # Quota groups each account's token cannot read: (account, token fingerprint) -> groups.
+        self._denied: dict[tuple[str, int], frozenset[str]] = {}
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _get(self, account: Account, endpoint: str, path: str, params: dict[str, str],
+                   deadline: float) -> bytes:
+        """One GET with at most one retry of a transient failure, while the deadline allows."""
+        try:
+            return await self._attempt(account, endpoint, path, params, deadline)
+        except ApiError as first:
+            if not first.transient or deadline - time.monotonic() < 0.05:
+                raise
+            log.debug("retrying after transient failure", extra={
+                "account": account.name, "endpoint": endpoint, "error": str(first)})
+            return await self._attempt(account, endpoint, path, params, deadline)
+
+    async def _attempt(self, account: Account, endpoint: str, path: str,
+                       params: dict[str, str], deadline: float) -> bytes:
+        async with self._gate:
+            remaining = min(self.api.timeout_seconds, deadline - time.monotonic())
+            if remaining <= 0:
+                raise ApiError(TIMEOUT, "deadline passed before the request could start")
+            start = time.monotonic()
+            reason = None
+            try:
+                status, body = await asyncio.wait_for(
+                    self._fetch(path, {**params, "access_token": account.access_token}),
+                    remaining)
+                error = graph_error(status, body)
+                if error is not None:
+                    raise error
+                return body
+            except ApiError as e:
+                reason = e.reason
+                raise
+            except (TimeoutError, httpx.TimeoutException):
+                reason = TIMEOUT
+                raise ApiError(TIMEOUT, f"no answer within {remaining:.2f}s") from None
+            except (httpx.TransportError, OSError) as e:
+                # The exception text may carry the URL: only its type is kept.
+                reason = CONNECTION
+                raise ApiError(CONNECTION, type(e).__name__) from None
+            finally:
+                self.stats.record(account.name, endpoint, time.monotonic() - start, reason)
+
+    async def _fetch(self, path: str, params: dict[str, str]) -> tuple[int, bytes]:
+        async with self._http.stream("GET", path, params=params) as response:
+            chunks = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise ApiError(BAD_RESPONSE, f"response larger than {MAX_BODY_BYTES} bytes")
+                chunks.append(chunk)
+            return response.status_code, b"".join(chunks)
+
+    # --- endpoints ---
+
+    async def publishing_limit(self, account: Account, groups: Sequence[str],
+                               deadline: float) -> dict[str, Quota]:
+        body = await self._get(account, "publishing_limit",
+                               f"/{account.user_id}/threads_publishing_limit",
+                               {"fields": quota_fields(groups)}, deadline)
+        return parse_publishing_limit(body, groups)
+
+    async def read_quotas(self, account: Account, deadline: float) -> dict[str, Quota]:
+        """All readable quota groups of an account.
+
+        When the combined request fails for a permission, ask group by group and remember the
+        groups this token cannot read, so a token without threads_delete still reports posts.
+        """
+        key = (account.name, hash(account.access_token))
+        denied = self._denied.get(key, frozenset())
+        groups = [g for g in account.quotas if g not in denied]
+        if not groups:
+            raise ApiError(PERMISSION, "the token can read none of the configured quota groups")
+        try:
+            return await self.publishing_limit(account, groups, deadline)
+        except ApiError as e:
+            if e.reason != PERMISSION or len(groups) == 1:
+                raise
+            combined = e
+        results = await asyncio.gather(
+            *(self.publishing_limit(account, [g], deadline) for g in groups),
+            return_exceptions=True)
+        found: dict[str, Quota] = {}
+        newly_denied = set()
+        for group, result in zip(groups, results, strict=True):
+            if isinstance(result, ApiError):
+                if result.reason == PERMISSION:
+                    newly_denied.add(group)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                found.update(result)
+        if newly_denied:
+            self._denied[key] = denied | newly_denied
+            log.info("token cannot read some quota groups; not asking for them again", extra={
+                "account": account.name, "groups": ",".join(sorted(newly_denied))})
+        if not found:
+            first_error = next((r for r in results if isinstance(r, ApiError)), combined)
+            raise first_error
+        return found
+
+    def denied_groups(self, account: Account) -> frozenset[str]:
+        return self._denied.get((account.name, hash(account.access_token)), frozenset())
+
+    async def container_status(self, account: Account, container_id: str,
+                               deadline: float) -> ContainerStatus:
+        if not container_id.isdigit() or not container_id.isascii():
+            raise ValueError("a container id is digits only")
+        body = await self._get(account, "container", f"/{container_id}",
+                               {"fields": "status,error_message"}, deadline)
+        return parse_container(body)
+
+    async def token_expiry(self, account: Account, deadline: float) -> float | None:
+        body = await self._get(account, "debug_token", "/debug_token",
+                               {"input_token": account.access_token}, deadline)
+        return parse_debug_token(body)
+

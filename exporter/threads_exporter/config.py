@@ -1,0 +1,315 @@
+"""Config loading and validation: YAML in, frozen dataclasses out.
+
+Every error names the field path (``accounts[1].access_token_file: ...``) so a user can fix a
+config without reading code. Unknown keys are errors: a typo must not be silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+QUOTA_GROUPS: tuple[str, ...] = ("posts", "replies", "deletes", "location_searches")
+ACCOUNT_NAME = re.compile(r"^[a-zA-Z0-9_.-]+$")
+CONTAINER_ID = re.compile(r"^[0-9]{1,64}$")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(Exception):
+    """A config problem; the message starts with the field path."""
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    base_url: str = "https://graph.threads.net"
+    version: str = "v1.0"
+    timeout_seconds: float = 5.0
+    max_concurrency: int = 16
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    user_id: str
+    access_token: str = field(repr=False)
+    quotas: tuple[str, ...] = QUOTA_GROUPS
+
+
+@dataclass(frozen=True)
+class TrackedContainer:
+    account: str
+    id: str
+
+
+@dataclass(frozen=True)
+class ContainersConfig:
+    poll_interval_seconds: float = 60.0
+    stuck_poll_interval_seconds: float = 300.0
+    finished_poll_interval_seconds: float = 900.0
+    retention_seconds: float = 48 * 3600.0
+    state_path: str = "threads-exporter.db"
+    api_token: str | None = field(default=None, repr=False)
+    track: tuple[TrackedContainer, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    api: ApiConfig = ApiConfig()
+    cache_ttl_seconds: float = 60.0
+    token_check_interval_seconds: float = 3600.0
+    accounts: tuple[Account, ...] = ()
+    containers: ContainersConfig = ContainersConfig()
+
+    def account(self, name: str) -> Account | None:
+        return next((a for a in self.accounts if a.name == name), None)
+
+    def secrets(self) -> list[str]:
+        """Every secret string in this config, for redaction."""
+        found = [a.access_token for a in self.accounts]
+        if self.containers.api_token:
+            found.append(self.containers.api_token)
+        return found
+
+
+def valid_container_id(value: object) -> bool:
+    return isinstance(value, str) and CONTAINER_ID.fullmatch(value) is not None
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+class _Fields:
+    """Typed access to one mapping in the YAML, tracking which keys were consumed."""
+
+    def __init__(self, data: Any, path: str, env: dict[str, str]):
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path or '<top>'}: expected a mapping, got {_kind(data)}")
+        self.data = data
+        self.path = path
+        self.env = env
+        self.used: set[str] = set()
+
+    def at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def raw(self, key: str) -> Any:
+        self.used.add(key)
+        return self.data.get(key)
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def string(self, key: str, default: str | None = None, *, required: bool = False) -> Any:
+        value = self.raw(key)
+        if value is None:
+            if required:
+                raise ConfigError(f"{self.at(key)}: required")
+            return default
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise ConfigError(f"{self.at(key)}: expected a string, got {_kind(value)}")
+        return _expand(str(value), self.at(key), self.env)
+
+    def number(self, key: str, default: float, *, minimum: float, integer: bool = False) -> Any:
+        value = self.raw(key)
+        if value is None:
+            return default
+        if isinstance(value, str):
+            value = _expand(value, self.at(key), self.env)
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{self.at(key)}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{self.at(key)}: expected a number, got {_kind(value)}")
+        if integer and value != int(value):
+            raise ConfigError(f"{self.at(key)}: expected a whole number, got {value}")
+        if value < minimum:
+            raise ConfigError(f"{self.at(key)}: must be at least {minimum:g}, got {value:g}")
+        return int(value) if integer else float(value)
+
+    def items(self, key: str) -> list[Any]:
+        value = self.raw(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ConfigError(f"{self.at(key)}: expected a list, got {_kind(value)}")
+        return value
+
+    def sub(self, key: str) -> _Fields:
+        return _Fields(self.raw(key), self.at(key), self.env)
+
+    def done(self) -> None:
+        unknown = sorted(str(k) for k in self.data if k not in self.used)
+        if unknown:
+            raise ConfigError(f"{self.at(unknown[0])}: unknown key")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", bool: "a boolean", type(None): "nothing"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _expand(value: str, path: str, env: dict[str, str]) -> str:
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in env:
+            raise ConfigError(f"{path}: environment variable {name} is not set")
+        return env[name]
+
+    return _VAR.sub(sub, value)
+
+
+def _read_secret_file(path: str, where: str) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read {path}: {e.strerror}") from None
+    first = text.splitlines()[0].strip() if text.strip() else ""
+    if not first:
+        raise ConfigError(f"{where}: file is empty: {path}")
+    return first
+
+
+def _account(data: Any, path: str, env: dict[str, str]) -> Account:
+    f = _Fields(data, path, env)
+    name = f.string("name", required=True)
+    if not ACCOUNT_NAME.fullmatch(name):
+        raise ConfigError(f"{f.at('name')}: must match [a-zA-Z0-9_.-]+, got {name!r}")
+    user_id = f.string("user_id", "me")
+    if user_id != "me" and not CONTAINER_ID.fullmatch(user_id):
+        raise ConfigError(f"{f.at('user_id')}: must be 'me' or a numeric id, got {user_id!r}")
+    if f.has("access_token") and f.has("access_token_file"):
+        raise ConfigError(f"{path}: set only one of access_token and access_token_file")
+    if f.has("access_token"):
+        token = f.string("access_token")
+        if not token:
+            raise ConfigError(f"{f.at('access_token')}: is empty")
+    elif f.has("access_token_file"):
+        token = _read_secret_file(f.string("access_token_file"), f.at("access_token_file"))
+    else:
+        raise ConfigError(f"{path}: one of access_token or access_token_file is required")
+    f.raw("access_token")
+    f.raw("access_token_file")
+    quotas = QUOTA_GROUPS
+    if f.has("quotas"):
+        listed = f.items("quotas")
+        for i, q in enumerate(listed):
+            if q not in QUOTA_GROUPS:
+                raise ConfigError(
+                    f"{f.at('quotas')}[{i}]: unknown quota {q!r}, expected one of "
+                    + ", ".join(QUOTA_GROUPS)
+                )
+        if not listed:
+            raise ConfigError(f"{f.at('quotas')}: must not be empty")
+        quotas = tuple(q for q in QUOTA_GROUPS if q in listed)
+    f.raw("quotas")
+    f.done()
+    return Account(name=name, user_id=user_id, access_token=token, quotas=quotas)
+
+
+def _containers(f: _Fields, accounts: dict[str, Account]) -> ContainersConfig:
+    d = ContainersConfig()
+    api_token = None
+    if f.has("api_token") and f.has("api_token_file"):
+        raise ConfigError(f"{f.path}: set only one of api_token and api_token_file")
+    if f.has("api_token"):
+        api_token = f.string("api_token") or None
+    elif f.has("api_token_file"):
+        api_token = _read_secret_file(f.string("api_token_file"), f.at("api_token_file"))
+    f.raw("api_token")
+    f.raw("api_token_file")
+    track = []
+    seen: set[tuple[str, str]] = set()
+    for i, item in enumerate(f.items("track")):
+        t = _Fields(item, f"{f.at('track')}[{i}]", f.env)
+        account = t.string("account", required=True)
+        if account not in accounts:
+            raise ConfigError(f"{t.at('account')}: no configured account named {account!r}")
+        cid = t.string("id", required=True)
+        if not valid_container_id(cid):
+            raise ConfigError(f"{t.at('id')}: a container id is digits only, got {cid!r}")
+        t.done()
+        if (account, cid) not in seen:
+            seen.add((account, cid))
+            track.append(TrackedContainer(account=account, id=cid))
+    config = ContainersConfig(
+        poll_interval_seconds=f.number("poll_interval_seconds", d.poll_interval_seconds, minimum=1),
+        stuck_poll_interval_seconds=f.number(
+            "stuck_poll_interval_seconds", d.stuck_poll_interval_seconds, minimum=1
+        ),
+        finished_poll_interval_seconds=f.number(
+            "finished_poll_interval_seconds", d.finished_poll_interval_seconds, minimum=1
+        ),
+        retention_seconds=f.number("retention_hours", d.retention_seconds / 3600, minimum=0)
+        * 3600,
+        state_path=f.string("state_path", d.state_path),
+        api_token=api_token,
+        track=tuple(track),
+    )
+    f.done()
+    return config
+
+
+def parse_config(data: Any, env: dict[str, str] | None = None) -> Config:
+    """Validate parsed YAML into a Config; raises ConfigError naming the field."""
+    env = dict(os.environ) if env is None else env
+    top = _Fields(data, "", env)
+    a = top.sub("api")
+    d = ApiConfig()
+    base_url = a.string("base_url", d.base_url).rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", base_url):
+        raise ConfigError(f"api.base_url: expected an http(s) URL, got {base_url!r}")
+    version = a.string("version", d.version)
+    if not re.fullmatch(r"v\d+(\.\d+)?", version):
+        raise ConfigError(f"api.version: expected a version like v1.0, got {version!r}")
+    api = ApiConfig(
+        base_url=base_url,
+        version=version,
+        timeout_seconds=a.number("timeout_seconds", d.timeout_seconds, minimum=0.1),
+        max_concurrency=a.number("max_concurrency", d.max_concurrency, minimum=1, integer=True),
+    )
+    a.done()
+
+    accounts: dict[str, Account] = {}
+    for i, item in enumerate(top.items("accounts")):
+        account = _account(item, f"accounts[{i}]", env)
+        if account.name in accounts:
+            raise ConfigError(f"accounts[{i}].name: duplicate account name {account.name!r}")
+        accounts[account.name] = account
+
+    config = Config(
+        api=api,
+        cache_ttl_seconds=top.number("cache_ttl_seconds", 60.0, minimum=1),
+        token_check_interval_seconds=top.number("token_check_interval_seconds", 3600.0, minimum=60),
+        accounts=tuple(accounts.values()),
+        containers=_containers(top.sub("containers"), accounts),
+    )
+    top.done()
+    return config
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    return parse_config(data, env)

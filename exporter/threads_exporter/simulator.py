@@ -1,0 +1,298 @@
+"""A Threads API simulator: a real HTTP server on loopback answering the documented endpoints
+with the documented shapes and Graph-style errors. `--demo` and the tests run against it.
+
+Run on its own: ``python -m threads_exporter.simulator --listen 127.0.0.1:10331``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from threads_exporter.client import QUOTA_FIELDS
+
+DAY = 86400
+QUOTA_TOTALS = {"posts": 250, "replies": 1000, "deletes": 100, "location_searches": 500}
+FIELD_GROUP = {f: g for g, fields in QUOTA_FIELDS.items() for f in fields}
+SCOPES = {
+    "posts": ("threads_basic", "threads_content_publish"),
+    "replies": ("threads_basic", "threads_content_publish", "threads_manage_replies"),
+    "deletes": ("threads_basic", "threads_delete"),
+    "location_searches": ("threads_basic", "threads_location_tagging"),
+}
+ALL_SCOPES = ("threads_basic", "threads_content_publish", "threads_manage_replies",
+              "threads_delete", "threads_location_tagging")
+
+# Faults an account can be given, for tests and the benchmark.
+FAULTS = ("throttled", "server_error", "html_502", "html_503", "truncated", "empty_data",
+          "not_json", "wrong_shape", "slow", "huge", "reset", "permission")
+
+
+@dataclass
+class SimAccount:
+    token: str
+    user_id: str
+    scopes: tuple[str, ...] = ALL_SCOPES
+    expired: bool = False
+    expires_in: float | None = 60 * DAY  # None: never expires
+    load: float = 0.5  # mean share of each quota in use
+    swing: float = 0.25  # how far usage rises and falls around the mean
+    period: float = 600.0  # seconds for one rise and fall
+    phase: float = 0.0
+    fault: str | None = None
+    slow_seconds: float = 0.0
+
+
+def error_body(message: str, code: int, *, type_: str = "THApiException",
+               subcode: int | None = None, transient: bool | None = None) -> dict[str, Any]:
+    err: dict[str, Any] = {"message": message, "type": type_, "code": code}
+    if subcode is not None:
+        err["error_subcode"] = subcode
+    if transient is not None:
+        err["is_transient"] = transient
+    err["fbtrace_id"] = "AbCdEfGhIjK"
+    return {"error": err}
+
+
+def usage_at(account: SimAccount, total: int, now: float) -> int:
+    share = account.load + account.swing * math.sin(2 * math.pi * (now / account.period
+                                                                    + account.phase))
+    return max(0, min(total, round(total * share)))
+
+
+@dataclass
+class Simulator:
+    accounts: dict[str, SimAccount] = field(default_factory=dict)  # by token
+    latency: float = 0.0
+    clock: Callable[[], float] = time.time
+    calls: dict[str, int] = field(default_factory=dict)  # endpoint -> count
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, account: SimAccount) -> SimAccount:
+        self.accounts[account.token] = account
+        return account
+
+    def count(self, endpoint: str) -> None:
+        with self._lock:
+            self.calls[endpoint] = self.calls.get(endpoint, 0) + 1
+
+    # --- request handling (pure: path and query in, status and body out) ---
+
+    def handle(self, path: str, query: dict[str, str]) -> tuple[int, Any]:
+        parts = [p for p in path.split("/") if p]
+        if len(parts) < 2 or not re.fullmatch(r"v\d+\.\d+", parts[0]):
+            return 400, error_body("Unknown path components: " + path, 2500,
+                                   type_="OAuthException")
+        rest = parts[1:]
+        token = query.get("access_token")
+        if not token:
+            return 400, error_body("An access token is required to request this resource.",
+                                   104, type_="OAuthException")
+        account = self.accounts.get(token)
+        if account is None:
+            return 400, error_body("Invalid OAuth access token - Cannot parse access token",
+                                   190, type_="OAuthException")
+        if account.expired:
+            return 400, error_body("Error validating access token: Session has expired.",
+                                   190, type_="OAuthException", subcode=463)
+        if rest == ["debug_token"]:
+            self.count("debug_token")
+            return self.debug_token(query.get("input_token", ""))
+        if len(rest) == 2 and rest[1] == "threads_publishing_limit":
+            self.count("publishing_limit")
+            if rest[0] not in ("me", account.user_id):
+                return 400, error_body(
+                    f"Unsupported get request. Object with ID '{rest[0]}' does not exist, "
+                    "cannot be loaded due to missing permissions, or does not support this "
+                    "operation.", 100, subcode=33)
+            return self.publishing_limit(account, query.get("fields"))
+        return 400, error_body(
+            f"Unsupported get request. Object with ID '{rest[0]}' does not exist, cannot be "
+            "loaded due to missing permissions, or does not support this operation.",
+            100, subcode=33)
+
+    def publishing_limit(self, account: SimAccount, fields: str | None) -> tuple[int, Any]:
+        names = [f for f in (fields or "quota_usage").split(",") if f]
+        for name in names:
+            if name not in FIELD_GROUP:
+                return 400, error_body(f"(#100) Tried accessing nonexisting field ({name})", 100)
+        for name in names:
+            if any(s not in account.scopes for s in SCOPES[FIELD_GROUP[name]]):
+                return 500, error_body("(#10) Application does not have permission for this "
+                                       "action", 10)
+        now = self.clock()
+        row: dict[str, Any] = {}
+        for name in names:
+            group = FIELD_GROUP[name]
+            total = QUOTA_TOTALS[group]
+            if name.endswith("config"):
+                row[name] = {"quota_total": total, "quota_duration": DAY}
+            else:
+                row[name] = usage_at(account, total, now)
+        return 200, {"data": [row]}
+
+    def debug_token(self, input_token: str) -> tuple[int, Any]:
+        target = self.accounts.get(input_token)
+        if target is None:
+            return 400, error_body("Invalid OAuth access token - Cannot parse access token",
+                                   190, type_="OAuthException")
+        now = self.clock()
+        expires = 0 if target.expires_in is None else int(now + target.expires_in)
+        return 200, {"data": {
+            "type": "USER", "application": "threads-exporter-demo",
+            "data_access_expires_at": int(now + 90 * DAY), "expires_at": expires,
+            "is_valid": not target.expired, "issued_at": int(now - DAY),
+            "scopes": list(target.scopes), "user_id": target.user_id,
+        }}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: SimulatorServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # request lines carry tokens; the simulator keeps quiet
+
+    def do_GET(self) -> None:
+        sim = self.server.sim
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        account = sim.accounts.get(query.get("access_token", ""))
+        if sim.latency:
+            time.sleep(sim.latency)
+        fault = account.fault if account is not None else None
+        if fault is not None and "threads_publishing_limit" in url.path:
+            self._fault(account)
+            return
+        status, payload = sim.handle(url.path, query)
+        self._send(status, json.dumps(payload).encode())
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _fault(self, account: SimAccount) -> None:
+        self.server.sim.count("publishing_limit")
+        fault = account.fault
+        if fault == "throttled":
+            self._send(400, json.dumps(error_body(
+                "(#4) Application request limit reached", 4, transient=True)).encode())
+        elif fault == "permission":
+            self._send(500, json.dumps(error_body(
+                "(#10) Application does not have permission for this action", 10)).encode())
+        elif fault == "server_error":
+            self._send(500, json.dumps(error_body(
+                "An unexpected error has occurred. Please retry your request later.", 2,
+                transient=True)).encode())
+        elif fault in ("html_502", "html_503"):
+            code = int(fault[-3:])
+            self._send(code, f"<html><body><h1>{code} {HTTPStatus(code).phrase}</h1>"
+                             "</body></html>".encode(), "text/html")
+        elif fault == "truncated":
+            self._send(200, b'{"data":[{"quota_usage":12,"config":{"quota_to')
+        elif fault == "not_json":
+            self._send(200, b"OK", "text/plain")
+        elif fault == "empty_data":
+            self._send(200, b'{"data":[]}')
+        elif fault == "wrong_shape":
+            self._send(200, json.dumps({"data": [{
+                "quota_usage": "12", "config": None, "reply_quota_usage": -4,
+                "reply_config": {"quota_total": 10**30, "quota_duration": 86400},
+                "unexpected": True}]}).encode())
+        elif fault == "slow":
+            time.sleep(account.slow_seconds)
+            status, payload = self.server.sim.handle(urlsplit(self.path).path, {
+                k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()})
+            self._send(status, json.dumps(payload).encode())
+        elif fault == "huge":
+            chunk = b'{"data":[{"quota_usage":1,"padding":"' + b"x" * (8 << 20) + b'"}]}'
+            self._send(200, chunk)
+        elif fault == "reset":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b'{"data":[{"quota_us')
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(2)
+
+
+class SimulatorServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+    def __init__(self, sim: Simulator, address: tuple[str, int] = ("127.0.0.1", 0)):
+        self.sim = sim
+        super().__init__(address, _Handler)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> SimulatorServer:
+        threading.Thread(target=self.serve_forever, name="simulator", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def demo_accounts() -> list[tuple[str, SimAccount]]:
+    """The demo's accounts: (exporter account name, simulated account)."""
+    return [
+        ("brand", SimAccount("demo-token-brand", "17841400000000001", load=0.45, swing=0.2,
+                             expires_in=45 * DAY)),
+        ("agency", SimAccount("demo-token-agency", "17841400000000002", load=0.86, swing=0.1,
+                              period=900, expires_in=3 * DAY)),
+        ("support", SimAccount("demo-token-support", "17841400000000003", load=0.2, swing=0.15,
+                               phase=0.3, expires_in=None)),
+        ("no-delete", SimAccount("demo-token-no-delete", "17841400000000004",
+                                 scopes=tuple(s for s in ALL_SCOPES if s != "threads_delete"),
+                                 load=0.6, phase=0.6, expires_in=20 * DAY)),
+        ("expired", SimAccount("demo-token-expired", "17841400000000005", expired=True)),
+    ]
+
+
+def demo_simulator(latency: float = 0.0) -> Simulator:
+    sim = Simulator(latency=latency)
+    for _, account in demo_accounts():
+        sim.add(account)
+    return sim
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Threads API simulator with demo accounts")
+    parser.add_argument("--listen", default="127.0.0.1:10331", help="host:port to listen on")
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="seconds added to every answer")
+    args = parser.parse_args(argv)
+    host, _, port = args.listen.rpartition(":")
+    server = SimulatorServer(demo_simulator(args.latency), (host or "127.0.0.1", int(port)))
+    print(f"Threads API simulator on {server.base_url}; demo tokens:", flush=True)
+    for name, account in demo_accounts():
+        print(f"  {name}: {account.token}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
