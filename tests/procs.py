@@ -100,3 +100,45 @@ def prometheus_bin() -> str | None:
 
 def promtool_bin() -> str | None:
     return shutil.which("promtool")
+
+
+@contextlib.contextmanager
+def prometheus(targets: list[str], *, rule_files: list[Path] = (), job: str = "threads-exporter",
+               interval: str = "1s", extra_scrape: str = "") -> Iterator[str]:
+    """A real Prometheus server scraping targets; yields its base URL."""
+    binary = prometheus_bin()
+    if binary is None:
+        import pytest
+
+        pytest.skip("prometheus binary not installed (Debian package 'prometheus')")
+    tmp = Path(tempfile.mkdtemp(prefix="prom-"))
+    rules = []
+    for i, path in enumerate(rule_files):
+        shutil.copy(path, tmp / f"rules{i}.yml")
+        rules.append(f"rules{i}.yml")
+    (tmp / "prometheus.yml").write_text(
+        f"global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n"
+        f"rule_files: {rules!r}\n"
+        f"scrape_configs:\n  - job_name: {job}\n"
+        f"    static_configs: [{{targets: {targets!r}}}]\n{extra_scrape}")
+    port = free_port()
+    proc = Proc([binary, f"--config.file={tmp / 'prometheus.yml'}",
+                 f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}"])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            wait_http(url + "/-/ready", timeout=30)
+        except TimeoutError:
+            raise RuntimeError(f"prometheus did not start:\n{proc.output()}") from None
+        yield url
+    finally:
+        proc.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prom_query(url: str, expr: str) -> list[dict]:
+    r = httpx.get(url + "/api/v1/query", params={"query": expr}, timeout=10)
+    body = r.json()
+    if body.get("status") != "success":
+        raise RuntimeError(f"{expr}: {body.get('error')}")
+    return body["data"]["result"]
