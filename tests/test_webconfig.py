@@ -1,0 +1,585 @@
+"""--web.config.file: validation against promtool's verdict, real TLS handshakes, basic auth."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from procs import exporter, exporter_cmd, wait_http
+from threads_exporter import webconfig
+from threads_exporter.webconfig import WebConfig, WebConfigError, load_web_config
+
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed")
+
+# ---------------------------------------------------------------------------------------------
+# A throwaway PKI: a CA, a server certificate for localhost, a client certificate from the CA
+# and a self-signed "rogue" client certificate.
+
+
+@dataclass
+class Pki:
+    dir: Path
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    other_key: Path
+    client_cert: Path
+    client_key: Path
+    rogue_cert: Path
+    rogue_key: Path
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _write_key(path: Path, key: Any) -> None:
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+
+
+def _cert(subject: str, key: Any, issuer: str, issuer_key: Any, *, ca: bool = False,
+          sans: list[x509.GeneralName] | None = None,
+          usage: x509.ObjectIdentifier | None = None) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
+         .public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(now - dt.timedelta(minutes=5))
+         .not_valid_after(now + dt.timedelta(days=1))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if ca:
+        b = b.add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False,
+                                          False), critical=True)
+    if sans:
+        b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    if usage:
+        b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    return b.sign(issuer_key, hashes.SHA256())
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    d = tmp_path_factory.mktemp("pki")
+    pem = serialization.Encoding.PEM
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("test CA", ca_key, "test CA", ca_key, ca=True)
+    server_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    server = _cert("localhost", server_key, "test CA", ca_key,
+                   sans=[x509.DNSName("localhost"),
+                         x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+                   usage=x509.oid.ExtendedKeyUsageOID.SERVER_AUTH)
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client = _cert("prometheus", client_key, "test CA", ca_key,
+                   sans=[x509.DNSName("prometheus.monitoring.svc"),
+                         x509.RFC822Name("ops@example.com"),
+                         x509.UniformResourceIdentifier("spiffe://cluster/prometheus"),
+                         x509.IPAddress(ipaddress.ip_address("10.1.2.3"))],
+                   usage=x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH)
+    rogue_key = ec.generate_private_key(ec.SECP256R1())
+    rogue = _cert("rogue", rogue_key, "rogue", rogue_key,
+                  sans=[x509.DNSName("prometheus.monitoring.svc")],
+                  usage=x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH)
+    p = Pki(d, d / "ca.pem", d / "server.pem", d / "server.key", d / "other.key",
+            d / "client.pem", d / "client.key", d / "rogue.pem", d / "rogue.key")
+    p.ca.write_bytes(ca.public_bytes(pem))
+    p.server_cert.write_bytes(server.public_bytes(pem))
+    _write_key(p.server_key, server_key)
+    _write_key(p.other_key, rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    p.client_cert.write_bytes(client.public_bytes(pem))
+    _write_key(p.client_key, client_key)
+    p.rogue_cert.write_bytes(rogue.public_bytes(pem))
+    _write_key(p.rogue_key, rogue_key)
+    (d / "garbage.pem").write_text("not a certificate\n")
+    return p
+
+
+HASH_PW = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+FILLER = "a" * 53
+TLS = "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n"
+
+# (name, file body, field a rejection must name or None when promtool accepts).
+# Paths are relative: the toolkit resolves them against the web config's directory.
+CASES: list[tuple[str, str, str | None]] = [
+    ("empty", "", None),
+    ("comment only", "# nothing\n", None),
+    ("null sections", "tls_server_config:\nhttp_server_config:\nbasic_auth_users:\n", None),
+    ("tls", TLS, None),
+    ("tls absolute paths", "tls_server_config:\n  cert_file: {dir}/server.pem\n"
+                           "  key_file: {dir}/server.key\n", None),
+    ("tls all options", TLS + "  min_version: TLS12\n  max_version: TLS13\n"
+     "  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_AES_128_GCM_SHA256]\n"
+     "  curve_preferences: [X25519, CurveP256]\n  prefer_server_cipher_suites: false\n", None),
+    ("tls one curve", TLS + "  curve_preferences: [CurveP384]\n", None),
+    ("tls old versions", TLS + "  min_version: TLS10\n  max_version: TLS11\n", None),
+    ("tls empty auth type", TLS + "  client_auth_type: ''\n", None),
+    ("require any", TLS + "  client_auth_type: RequireAnyClientCert\n", None),
+    ("require alias", TLS + "  client_auth_type: RequireClientCert\n", None),
+    ("request", TLS + "  client_auth_type: RequestClientCert\n", None),
+    ("verify if given", TLS + "  client_auth_type: VerifyClientCertIfGiven\n"
+                              "  client_ca_file: ca.pem\n", None),
+    ("verify", TLS + "  client_auth_type: RequireAndVerifyClientCert\n"
+                     "  client_ca_file: ca.pem\n", None),
+    ("verify, system roots", TLS + "  client_auth_type: RequireAndVerifyClientCert\n", None),
+    ("verify, CA file without certs", TLS + "  client_auth_type: RequireAndVerifyClientCert\n"
+                                            "  client_ca_file: garbage.pem\n", None),
+    ("users", f"basic_auth_users:\n  alice: '{HASH_PW}'\n  12: '{HASH_PW}'\n", None),
+    ("odd but Go-valid hash", f"basic_auth_users:\n  a: '$1x$+5${FILLER}'\n", None),
+    ("hash without minor", f"basic_auth_users:\n  a: '$2$04${FILLER}a'\n", None),
+    ("headers", "http_server_config:\n  http2: false\n  headers:\n"
+                "    X-Frame-Options: sameorigin\n    X-Content-Type-Options: nosniff\n"
+                "    Strict-Transport-Security: max-age=31536000\n"
+                "    Content-Security-Policy: default-src 'self'\n"
+                "    X-XSS-Protection: '1; mode=block'\n", None),
+    ("yaml 1.1 bool y", "http_server_config:\n  http2: y\n", None),
+    ("merge key", "http_server_config:\n  <<: {http2: false}\n", None),
+    ("first document only", "---\nbasic_auth_users: {}\n---\nnonsense: 1\n", None),
+    ("int header value", "http_server_config:\n  headers:\n"
+                         "    Strict-Transport-Security: 1\n", None),
+    # rejected by promtool: we must reject and name the field
+    ("unknown top-level key", "basic_auth: {}\n", "basic_auth"),
+    ("unknown tls key", TLS + "  certfile: x\n", "tls_server_config.certfile"),
+    ("inline cert (newer toolkit)", "tls_server_config:\n  cert: x\n  key: y\n",
+     "tls_server_config.cert"),
+    ("rate_limit (newer toolkit)", "rate_limit:\n  burst: 1\n", "rate_limit"),
+    ("top level list", "- a\n", "top level"),
+    ("bad yaml", "http_server_config:\n\thttp2: true\n", "YAML"),
+    ("duplicate key", "http_server_config:\n  http2: true\n  http2: false\n",
+     "http_server_config.http2"),
+    ("duplicate user", f"basic_auth_users:\n  a: '{HASH_PW}'\n  a: '{HASH_PW}'\n",
+     "basic_auth_users.a"),
+    ("users as list", "basic_auth_users: [a]\n", "basic_auth_users"),
+    ("http2 quoted", "http_server_config:\n  http2: 'yes'\n", "http_server_config.http2"),
+    ("http2 int", "http_server_config:\n  http2: 1\n", "http_server_config.http2"),
+    ("cert missing", "tls_server_config:\n  key_file: server.key\n",
+     "tls_server_config.cert_file"),
+    ("key missing", "tls_server_config:\n  cert_file: server.pem\n",
+     "tls_server_config.key_file"),
+    ("auth type only", "tls_server_config:\n  client_auth_type: NoClientCert\n",
+     "tls_server_config.cert_file"),
+    ("cert file absent", "tls_server_config:\n  cert_file: nope.pem\n  key_file: server.key\n",
+     "tls_server_config.cert_file"),
+    ("key file absent", "tls_server_config:\n  cert_file: server.pem\n  key_file: nope.key\n",
+     "tls_server_config.key_file"),
+    ("key does not match", "tls_server_config:\n  cert_file: server.pem\n"
+                           "  key_file: other.key\n", "key_file"),
+    ("cert and key swapped", "tls_server_config:\n  cert_file: server.key\n"
+                             "  key_file: server.pem\n", "cert_file"),
+    ("cert is garbage", "tls_server_config:\n  cert_file: garbage.pem\n"
+                        "  key_file: server.key\n", "cert_file"),
+    ("bad min version", TLS + "  min_version: TLS14\n", "tls_server_config.min_version"),
+    ("int max version", TLS + "  max_version: 13\n", "tls_server_config.max_version"),
+    ("insecure cipher", TLS + "  cipher_suites: [TLS_RSA_WITH_RC4_128_SHA]\n",
+     "tls_server_config.cipher_suites[0]"),
+    ("cipher alias without _SHA256",
+     TLS + "  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, "
+           "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305]\n", "tls_server_config.cipher_suites[1]"),
+    ("ciphers as string", TLS + "  cipher_suites: TLS_AES_128_GCM_SHA256\n",
+     "tls_server_config.cipher_suites"),
+    ("unknown curve", TLS + "  curve_preferences: [X448]\n",
+     "tls_server_config.curve_preferences[0]"),
+    ("bad auth type", TLS + "  client_auth_type: requireandverifyclientcert\n",
+     "tls_server_config.client_auth_type"),
+    ("CA without auth type", TLS + "  client_ca_file: ca.pem\n",
+     "tls_server_config.client_ca_file"),
+    ("CA file absent", TLS + "  client_auth_type: RequireAndVerifyClientCert\n"
+                             "  client_ca_file: nope.pem\n", "tls_server_config.client_ca_file"),
+    ("plain password", "basic_auth_users:\n  alice: s3cret\n", "basic_auth_users.alice"),
+    ("null hash", "basic_auth_users:\n  alice:\n", "basic_auth_users.alice"),
+    ("cost 3", f"basic_auth_users:\n  alice: '$2b$03${FILLER}'\n", "basic_auth_users.alice"),
+    ("cost 32", f"basic_auth_users:\n  alice: '$2b$32${FILLER}'\n", "basic_auth_users.alice"),
+    ("hash version 3", f"basic_auth_users:\n  alice: '$3b$10${FILLER}'\n",
+     "basic_auth_users.alice"),
+    ("hash without $", f"basic_auth_users:\n  alice: 'x2b$10${FILLER}'\n",
+     "basic_auth_users.alice"),
+    ("header not allowed", "http_server_config:\n  headers:\n    X-Powered-By: me\n",
+     "http_server_config.headers.X-Powered-By"),
+    ("header name is case-sensitive", "http_server_config:\n  headers:\n"
+                                      "    x-frame-options: deny\n",
+     "http_server_config.headers.x-frame-options"),
+    ("header value not allowed", "http_server_config:\n  headers:\n    X-Frame-Options: DENY\n",
+     "http_server_config.headers.X-Frame-Options"),
+    ("allowed SANs without client certs", TLS + "  client_allowed_sans: [a]\n",
+     "tls_server_config.client_allowed_sans"),
+]
+
+# Newer exporter-toolkit than Prometheus 2.42's: promtool 2.42 rejects the field, we accept it.
+NEWER_THAN_PROMTOOL = [
+    ("allowed SANs", TLS + "  client_auth_type: RequireAndVerifyClientCert\n"
+                           "  client_ca_file: ca.pem\n  client_allowed_sans: [a, b]\n"),
+]
+
+
+def _write(pki: Pki, name: str, body: str) -> Path:
+    path = pki.dir / ("case-" + "".join(c if c.isalnum() else "_" for c in name) + ".yml")
+    path.write_text(body.replace("{dir}", str(pki.dir)))
+    return path
+
+
+def _promtool_accepts(path: Path) -> tuple[bool, str]:
+    assert PROMTOOL
+    r = subprocess.run([PROMTOOL, "check", "web-config", str(path)], capture_output=True,
+                       text=True, timeout=30)
+    return r.returncode == 0, r.stdout + r.stderr
+
+
+@needs_promtool
+@pytest.mark.parametrize(("name", "body", "field"), CASES, ids=[c[0] for c in CASES])
+def test_same_verdict_as_promtool(pki: Pki, name: str, body: str, field: str | None):
+    path = _write(pki, name, body)
+    accepted, output = _promtool_accepts(path)
+    # The table states what promtool says; if this fails, promtool changed, not us.
+    assert accepted == (field is None), f"promtool: {output}"
+    if field is None:
+        load_web_config(str(path))
+    else:
+        with pytest.raises(WebConfigError) as info:
+            load_web_config(str(path))
+        assert field in str(info.value)
+
+
+@needs_promtool
+@pytest.mark.parametrize(("name", "body"), NEWER_THAN_PROMTOOL)
+def test_newer_toolkit_fields(pki: Pki, name: str, body: str):
+    path = _write(pki, name, body)
+    assert not _promtool_accepts(path)[0]
+    assert load_web_config(str(path)).ssl_context is not None
+
+
+def test_relative_paths_resolve_against_the_config_directory(pki: Pki, monkeypatch):
+    path = _write(pki, "relative", TLS)
+    monkeypatch.chdir("/")
+    assert load_web_config(str(path)).ssl_context is not None
+
+
+def test_missing_file_is_an_error(tmp_path: Path):
+    with pytest.raises(WebConfigError, match="no such file"):
+        load_web_config(str(tmp_path / "absent.yml"))
+
+
+def test_plain_http_config(tmp_path: Path):
+    path = tmp_path / "web.yml"
+    path.write_text("http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
+    web = load_web_config(str(path))
+    assert web.ssl_context is None
+    assert web.headers == {"X-Frame-Options": "deny"}
+    assert not web.auth_required
+    assert web.authorized(None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Basic auth.
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.fixture
+def users_config(tmp_path: Path) -> WebConfig:
+    path = tmp_path / "web.yml"
+    path.write_text(f"basic_auth_users:\n  alice: '{HASH_PW}'\n  bob: '$1x$+5${FILLER}'\n")
+    return load_web_config(str(path))
+
+
+def test_basic_auth(users_config: WebConfig):
+    web = users_config
+    assert web.auth_required
+    assert web.authorized(basic("alice", "s3cret"))
+    assert web.authorized("basic " + basic("alice", "s3cret").split()[1])  # scheme is case-free
+    assert not web.authorized(None)
+    assert not web.authorized("")
+    assert not web.authorized(basic("alice", "wrong"))
+    assert not web.authorized(basic("alice", "s3cret "))
+    assert not web.authorized(basic("mallory", "s3cret"))
+    assert not web.authorized(basic("bob", "anything"))  # a hash Go accepts but cannot match
+    assert not web.authorized(basic("alice", "x" * 100))  # longer than bcrypt's 72 bytes
+    assert not web.authorized("Bearer s3cret")
+    assert not web.authorized("Basic !!!notbase64")
+    assert not web.authorized("Basic " + base64.b64encode(b"no-colon").decode())
+    assert "s3cret" not in repr(web) and HASH_PW not in repr(web)
+
+
+def test_successful_checks_are_cached(users_config: WebConfig, monkeypatch):
+    calls: list[bytes] = []
+    real = bcrypt.checkpw
+
+    def counting(password: bytes, hashed: bytes) -> bool:
+        calls.append(password)
+        return real(password, hashed)
+
+    monkeypatch.setattr(webconfig.bcrypt, "checkpw", counting)
+    for _ in range(5):
+        assert users_config.authorized(basic("alice", "s3cret"))
+    assert len(calls) == 1
+    for _ in range(3):  # failures are not cached: no way to fill the cache with junk
+        assert not users_config.authorized(basic("alice", "nope"))
+    assert len(calls) == 4
+    assert not users_config.authorized(basic("mallory", "s3cret"))  # decoy bcrypt still runs
+    assert len(calls) == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Real TLS handshakes against a small server that uses WebConfig like the exporter does.
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _TestServer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        web = self.server.web
+        if not web.authorized(self.headers.get("Authorization")):
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="test"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = b"ok\n"
+        self.send_response(200)
+        for name, value in web.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _TestServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, web: WebConfig):
+        self.web = web
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.web.ssl_context is not None:
+            request.settimeout(5)
+            try:
+                request = self.web.ssl_context.wrap_socket(request, server_side=True)
+            except OSError:
+                return
+        super().finish_request(request, client_address)
+
+
+@pytest.fixture
+def serve(pki: Pki) -> Iterator[Any]:
+    servers: list[_TestServer] = []
+
+    def start(body: str) -> str:
+        web = load_web_config(str(_write(pki, "served", body)))
+        server = _TestServer(web)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def client_ctx(pki: Pki, cert: Path | None = None, key: Path | None = None,
+               max_version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    if cert and key:
+        ctx.load_cert_chain(str(cert), str(key))
+    if max_version:
+        ctx.maximum_version = max_version
+    return ctx
+
+
+def get(url: str, verify: ssl.SSLContext | bool = True, **kw: Any) -> httpx.Response:
+    return httpx.get(url, verify=verify, timeout=5, **kw)
+
+
+def test_https_with_basic_auth_and_headers(pki: Pki, serve):
+    addr = serve(TLS + f"basic_auth_users:\n  alice: '{HASH_PW}'\n"
+                       "http_server_config:\n  headers:\n    X-Frame-Options: deny\n"
+                       "    Strict-Transport-Security: max-age=60\n")
+    ctx = client_ctx(pki)
+    r = get(f"https://{addr}/", ctx, auth=("alice", "s3cret"))
+    assert r.status_code == 200 and r.text == "ok\n"
+    assert r.headers["X-Frame-Options"] == "deny"
+    assert r.headers["Strict-Transport-Security"] == "max-age=60"
+    assert get(f"https://localhost:{addr.split(':')[1]}/", ctx,
+               auth=("alice", "s3cret")).status_code == 200
+    wrong = get(f"https://{addr}/", ctx, auth=("alice", "wrong"))
+    assert wrong.status_code == 401 and wrong.headers["WWW-Authenticate"].startswith("Basic")
+    assert get(f"https://{addr}/", ctx).status_code == 401
+    assert get(f"https://{addr}/", ctx, auth=("mallory", "s3cret")).status_code == 401
+
+
+def test_plain_http_to_the_tls_port_fails(pki: Pki, serve):
+    addr = serve(TLS)
+    with pytest.raises(httpx.HTTPError):
+        get(f"http://{addr}/")
+    assert get(f"https://{addr}/", client_ctx(pki)).status_code == 200
+
+
+def test_server_certificate_is_checked_by_clients(pki: Pki, serve):
+    addr = serve(TLS)
+    with pytest.raises(httpx.ConnectError):
+        get(f"https://{addr}/", ssl.create_default_context())  # CA unknown to the client
+
+
+def test_min_version_is_enforced(pki: Pki, serve):
+    addr = serve(TLS + "  min_version: TLS13\n")
+    assert get(f"https://{addr}/", client_ctx(pki)).status_code == 200
+    with pytest.raises(httpx.ConnectError):
+        get(f"https://{addr}/", client_ctx(pki, max_version=ssl.TLSVersion.TLSv1_2))
+
+
+def test_max_version_is_enforced(pki: Pki, serve):
+    addr = serve(TLS + "  max_version: TLS12\n"
+                       "  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384]\n")
+    host, port = addr.split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as raw, \
+            client_ctx(pki).wrap_socket(raw, server_hostname="localhost") as tls:
+        assert tls.version() == "TLSv1.2"
+        assert tls.cipher()[0] == "ECDHE-RSA-AES256-GCM-SHA384"
+    # A client that insists on another cipher finds none in common.
+    ctx = client_ctx(pki, max_version=ssl.TLSVersion.TLSv1_2)
+    ctx.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
+    with pytest.raises(httpx.ConnectError):
+        get(f"https://{addr}/", ctx)
+
+
+def test_require_and_verify_client_cert(pki: Pki, serve):
+    addr = serve(TLS + "  client_auth_type: RequireAndVerifyClientCert\n"
+                       "  client_ca_file: ca.pem\n")
+    url = f"https://{addr}/"
+    assert get(url, client_ctx(pki, pki.client_cert, pki.client_key)).status_code == 200
+    with pytest.raises(httpx.HTTPError):
+        get(url, client_ctx(pki))  # no client certificate
+    with pytest.raises(httpx.HTTPError):
+        get(url, client_ctx(pki, pki.rogue_cert, pki.rogue_key))  # not from the CA
+
+
+def test_verify_client_cert_if_given(pki: Pki, serve):
+    addr = serve(TLS + "  client_auth_type: VerifyClientCertIfGiven\n"
+                       "  client_ca_file: ca.pem\n")
+    url = f"https://{addr}/"
+    assert get(url, client_ctx(pki)).status_code == 200
+    assert get(url, client_ctx(pki, pki.client_cert, pki.client_key)).status_code == 200
+    with pytest.raises(httpx.HTTPError):
+        get(url, client_ctx(pki, pki.rogue_cert, pki.rogue_key))
+
+
+def test_require_any_client_cert(pki: Pki, serve):
+    addr = serve(TLS + "  client_auth_type: RequireAnyClientCert\n")
+    url = f"https://{addr}/"
+    assert get(url, client_ctx(pki, pki.rogue_cert, pki.rogue_key)).status_code == 200
+    assert get(url, client_ctx(pki, pki.client_cert, pki.client_key)).status_code == 200
+    with pytest.raises(httpx.HTTPError):
+        get(url, client_ctx(pki))
+
+
+def test_request_client_cert(pki: Pki, serve):
+    addr = serve(TLS + "  client_auth_type: RequestClientCert\n")
+    url = f"https://{addr}/"
+    assert get(url, client_ctx(pki)).status_code == 200
+    assert get(url, client_ctx(pki, pki.rogue_cert, pki.rogue_key)).status_code == 200
+
+
+def test_client_ca_without_certificates_rejects_every_client(pki: Pki, serve):
+    addr = serve(TLS + "  client_auth_type: RequireAndVerifyClientCert\n"
+                       "  client_ca_file: garbage.pem\n")
+    with pytest.raises(httpx.HTTPError):
+        get(f"https://{addr}/", client_ctx(pki, pki.client_cert, pki.client_key))
+
+
+@pytest.mark.parametrize("san", ["prometheus.monitoring.svc", "ops@example.com", "10.1.2.3",
+                                 "spiffe://cluster/prometheus"])
+def test_client_allowed_sans_match(pki: Pki, serve, san: str):
+    addr = serve(TLS + "  client_auth_type: RequireAndVerifyClientCert\n"
+                       f"  client_ca_file: ca.pem\n  client_allowed_sans: [other, '{san}']\n")
+    assert get(f"https://{addr}/",
+               client_ctx(pki, pki.client_cert, pki.client_key)).status_code == 200
+
+
+def test_client_allowed_sans_mismatch(pki: Pki, serve):
+    addr = serve(TLS + "  client_auth_type: RequireAndVerifyClientCert\n"
+                       "  client_ca_file: ca.pem\n  client_allowed_sans: [grafana.svc]\n")
+    with pytest.raises(httpx.HTTPError):
+        get(f"https://{addr}/", client_ctx(pki, pki.client_cert, pki.client_key))
+
+
+def test_client_allowed_sans_with_unverified_certs(pki: Pki, serve):
+    addr = serve(TLS + "  client_auth_type: RequireAnyClientCert\n"
+                       "  client_allowed_sans: [prometheus.monitoring.svc]\n")
+    url = f"https://{addr}/"
+    assert get(url, client_ctx(pki, pki.rogue_cert, pki.rogue_key)).status_code == 200
+    addr = serve(TLS + "  client_auth_type: RequireAnyClientCert\n"
+                       "  client_allowed_sans: [ops@example.com]\n")
+    with pytest.raises(httpx.HTTPError):
+        get(f"https://{addr}/", client_ctx(pki, pki.rogue_cert, pki.rogue_key))
+
+
+# ---------------------------------------------------------------------------------------------
+# The real exporter.
+
+
+def test_exporter_serves_https_with_basic_auth(pki: Pki):
+    path = _write(pki, "exporter", TLS + f"basic_auth_users:\n  prometheus: '{HASH_PW}'\n"
+                                         "http_server_config:\n  headers:\n"
+                                         "    X-Content-Type-Options: nosniff\n")
+    with exporter("--demo", "--web.config.file", str(path), ready=False) as (proc, base):
+        https = base.replace("http://", "https://")
+        ctx = client_ctx(pki)
+        try:
+            wait_http(https + "/-/healthy", timeout=30, verify=ctx, auth=("prometheus", "s3cret"))
+        except TimeoutError:
+            pytest.fail(f"exporter did not serve HTTPS:\n{proc.output()}")
+        r = get(https + "/metrics", ctx, auth=("prometheus", "s3cret"))
+        assert r.status_code == 200
+        assert "threads_exporter_build_info" in r.text
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+        assert get(https + "/metrics", ctx).status_code == 401
+        assert get(https + "/metrics", ctx, auth=("prometheus", "wrong")).status_code == 401
+        with pytest.raises(httpx.HTTPError):
+            get(base + "/metrics", auth=("prometheus", "s3cret"))
+
+
+@needs_promtool
+@pytest.mark.parametrize(("name", "body", "field"), [
+    c for c in CASES if c[0] in ("cost 3", "key does not match", "unknown tls key",
+                                 "CA without auth type", "header not allowed")
+])
+def test_exporter_refuses_a_promtool_rejected_config(pki: Pki, name: str, body: str, field: str):
+    path = _write(pki, name, body)
+    assert not _promtool_accepts(path)[0]
+    r = subprocess.run([*exporter_cmd("--demo", "--web.listen-address", "127.0.0.1:0",
+                                      "--web.config.file", str(path))],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert field in r.stderr and str(path) in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_python_version_supports_everything():
+    # _accept_any_client_cert relies on CPython's SSLContext layout; fail loudly if it moves.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    assert webconfig._accept_any_client_cert(ctx, require=True), sys.version
