@@ -14,15 +14,16 @@ import re
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from threads_exporter.config import Account, ApiConfig
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Reasons, as in the contract's threads_api_errors_total{reason}.
 TOKEN_INVALID = "token_invalid"
@@ -282,19 +283,19 @@ class ThreadsClient:
         await self._http.aclose()
 
     async def _get(self, account: Account, endpoint: str, path: str, params: dict[str, str],
-                   deadline: float) -> bytes:
+                   deadline: float, parse: Callable[[bytes], T]) -> T:
         """One GET with at most one retry of a transient failure, while the deadline allows."""
         try:
-            return await self._attempt(account, endpoint, path, params, deadline)
+            return await self._attempt(account, endpoint, path, params, deadline, parse)
         except ApiError as first:
             if not first.transient or deadline - time.monotonic() < 0.05:
                 raise
             log.debug("retrying after transient failure", extra={
                 "account": account.name, "endpoint": endpoint, "error": str(first)})
-            return await self._attempt(account, endpoint, path, params, deadline)
+            return await self._attempt(account, endpoint, path, params, deadline, parse)
 
     async def _attempt(self, account: Account, endpoint: str, path: str,
-                       params: dict[str, str], deadline: float) -> bytes:
+                       params: dict[str, str], deadline: float, parse: Callable[[bytes], T]) -> T:
         async with self._gate:
             remaining = min(self.api.timeout_seconds, deadline - time.monotonic())
             if remaining <= 0:
@@ -308,7 +309,8 @@ class ThreadsClient:
                 error = graph_error(status, body)
                 if error is not None:
                     raise error
-                return body
+                # Parsed here so a body of the wrong shape counts as a failed call.
+                return parse(body)
             except ApiError as e:
                 reason = e.reason
                 raise
@@ -337,10 +339,10 @@ class ThreadsClient:
 
     async def publishing_limit(self, account: Account, groups: Sequence[str],
                                deadline: float) -> dict[str, Quota]:
-        body = await self._get(account, "publishing_limit",
+        return await self._get(account, "publishing_limit",
                                f"/{account.user_id}/threads_publishing_limit",
-                               {"fields": quota_fields(groups)}, deadline)
-        return parse_publishing_limit(body, groups)
+                               {"fields": quota_fields(groups)}, deadline,
+                               lambda body: parse_publishing_limit(body, groups))
 
     async def read_quotas(self, account: Account, deadline: float) -> dict[str, Quota]:
         """All readable quota groups of an account.
@@ -388,12 +390,11 @@ class ThreadsClient:
                                deadline: float) -> ContainerStatus:
         if not container_id.isdigit() or not container_id.isascii():
             raise ValueError("a container id is digits only")
-        body = await self._get(account, "container", f"/{container_id}",
-                               {"fields": "status,error_message"}, deadline)
-        return parse_container(body)
+        return await self._get(account, "container", f"/{container_id}",
+                               {"fields": "status,error_message"}, deadline, parse_container)
 
     async def token_expiry(self, account: Account, deadline: float) -> float | None:
-        body = await self._get(account, "debug_token", "/debug_token",
-                               {"input_token": account.access_token}, deadline)
-        return parse_debug_token(body)
+        return await self._get(account, "debug_token", "/debug_token",
+                               {"input_token": account.access_token}, deadline,
+                               parse_debug_token)
 
