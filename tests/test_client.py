@@ -23,6 +23,7 @@ from threads_exporter.client import (
     parse_container,
     parse_debug_token,
     parse_publishing_limit,
+    parse_usage_headers,
 )
 from threads_exporter.config import Account, ApiConfig
 
@@ -336,3 +337,24 @@ def test_container_id_must_be_digits_before_any_call():
     with pytest.raises(ValueError):
         run(handler, lambda c: c.container_status(ACCOUNT, "../me", deadline()))
     assert calls == []
+
+
+def test_usage_headers_become_ratios_when_present():
+    usage = parse_usage_headers(httpx.Headers({
+        "X-App-Usage": '{"call_count": 28, "total_time": 25, "total_cputime": 25}',
+        "X-Business-Use-Case-Usage": '{"123": [{"type": "THREADS", "call_count": 5, '
+                                     '"total_cputime": 90, "total_time": 7}]}',
+    }))
+    assert usage[("app", "call_count")] == 0.28
+    assert usage[("business", "total_cputime")] == 0.9
+    assert parse_usage_headers(httpx.Headers({"X-App-Usage": "garbage"})) == {}
+    assert parse_usage_headers(httpx.Headers({})) == {}
+
+
+def test_usage_headers_are_recorded_per_account():
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"data": [full_row()]},
+                              headers={"X-App-Usage": '{"call_count": 40}'})
+
+    _, client = run(handler, lambda c: c.read_quotas(ACCOUNT, deadline()))
+    assert client.stats.usage == {("brand", "app", "call_count"): 0.4}

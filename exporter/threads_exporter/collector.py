@@ -240,7 +240,13 @@ def api_families(stats: ApiStats, accounts: set[str] | None = None) -> list[Metr
     for (account, endpoint, reason), n in sorted(stats.errors.items()):
         if accounts is None or account in accounts:
             errors.add_metric([account, endpoint, reason], n)
-    families: list[Metric] = [requests, errors]
+    usage = GaugeMetricFamily("threads_api_usage_ratio", "Call-volume usage Meta reports in "
+                              "X-App-Usage / X-Business-Use-Case-Usage headers, where it does",
+                              labels=["account", "scope", "kind"])
+    for (account, scope, kind), ratio in sorted(stats.usage.items()):
+        if accounts is None or account in accounts:
+            usage.add_metric([account, scope, kind], ratio)
+    families: list[Metric] = [requests, errors, usage]
     if accounts is None:
         latency = HistogramMetricFamily("threads_api_request_duration_seconds", "Latency of "
                                         "calls to the Threads API", labels=["endpoint"])
@@ -262,4 +268,5 @@ def histogram_buckets(bounds: Sequence[float], counts: Sequence[int]) -> list[tu
 
 def copy_stats(stats: ApiStats) -> ApiStats:
     return ApiStats(dict(stats.requests), dict(stats.errors),
-                    {k: (list(v[0]), v[1]) for k, v in stats.durations.items()})
+                    {k: (list(v[0]), v[1]) for k, v in stats.durations.items()},
+                    dict(stats.usage))
