@@ -127,6 +127,15 @@ class Exporter:
             log.info("config reloaded", extra={"accounts": len(config.accounts)})
             return None
 
+    async def _shutdown(self) -> None:
+        # Cancel in-flight calls first: cut off by the closing pool instead, they would be
+        # retried and logged as failures on the way out.
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.client.aclose()
+
     async def _adopt(self, config: Config) -> None:
         if config.api != self.client.api:
             old = self.client
@@ -137,7 +146,7 @@ class Exporter:
 
     def close(self) -> None:
         try:
-            self.call(self.client.aclose(), timeout=5)
+            self.call(self._shutdown(), timeout=5)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5)

@@ -14,6 +14,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import CancelledError
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -126,6 +127,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         try:
             route(self)
+        except CancelledError:  # shutting down: the exporter cancelled in-flight work
+            self.send_text(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down")
         except Exception:
             log.exception("request failed", extra={"path": self.path_only})
             self.send_text(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
