@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -232,6 +232,32 @@ def parse_debug_token(body: bytes) -> float | None:
     return float(expires) or None
 
 
+USAGE_HEADERS = {"x-app-usage": "app", "x-business-use-case-usage": "business"}
+USAGE_KINDS = ("call_count", "total_cputime", "total_time")
+
+
+def parse_usage_headers(headers: Mapping[str, str]) -> dict[tuple[str, str], float]:
+    """Call-volume usage from Graph's usage headers as {(scope, kind): ratio}.
+
+    Whether graph.threads.net sends them is not documented: absent or malformed headers
+    give nothing, and nothing else depends on them.
+    """
+    found: dict[tuple[str, str], float] = {}
+    for header, scope in USAGE_HEADERS.items():
+        payload = _json(headers[header].encode()) if header in headers else None
+        if not isinstance(payload, dict):
+            continue
+        entries = [payload] if scope == "app" else [
+            e for v in payload.values() if isinstance(v, list) for e in v if isinstance(e, dict)]
+        for entry in entries:
+            for kind in USAGE_KINDS:
+                percent = entry.get(kind)
+                if isinstance(percent, (int, float)) and not isinstance(percent, bool) \
+                        and 0 <= percent <= 10_000:
+                    found[(scope, kind)] = max(found.get((scope, kind), 0.0), percent / 100)
+    return found
+
+
 # --- accounting ----------------------------------------------------------------------------
 
 
@@ -243,6 +269,13 @@ class ApiStats:
     errors: dict[tuple[str, str, str], int] = field(default_factory=dict)
     # endpoint -> (bucket counts aligned with DURATION_BUCKETS plus +Inf, sum)
     durations: dict[str, tuple[list[int], float]] = field(default_factory=dict)
+
+    # (account, scope, kind) -> latest call-volume usage ratio Meta reported in headers
+    usage: dict[tuple[str, str, str], float] = field(default_factory=dict)
+
+    def record_usage(self, account: str, usage: dict[tuple[str, str], float]) -> None:
+        for (scope, kind), ratio in usage.items():
+            self.usage[(account, scope, kind)] = ratio
 
     def record(self, account: str, endpoint: str, seconds: float, reason: str | None) -> None:
         key = (account, endpoint)
@@ -303,9 +336,10 @@ class ThreadsClient:
             start = time.monotonic()
             reason = None
             try:
-                status, body = await asyncio.wait_for(
+                status, body, usage = await asyncio.wait_for(
                     self._fetch(path, {**params, "access_token": account.access_token}),
                     remaining)
+                self.stats.record_usage(account.name, usage)
                 error = graph_error(status, body)
                 if error is not None:
                     raise error
@@ -324,7 +358,8 @@ class ThreadsClient:
             finally:
                 self.stats.record(account.name, endpoint, time.monotonic() - start, reason)
 
-    async def _fetch(self, path: str, params: dict[str, str]) -> tuple[int, bytes]:
+    async def _fetch(self, path: str, params: dict[str, str]
+                     ) -> tuple[int, bytes, dict[tuple[str, str], float]]:
         async with self._http.stream("GET", path, params=params) as response:
             chunks = []
             size = 0
@@ -333,7 +368,7 @@ class ThreadsClient:
                 if size > MAX_BODY_BYTES:
                     raise ApiError(BAD_RESPONSE, f"response larger than {MAX_BODY_BYTES} bytes")
                 chunks.append(chunk)
-            return response.status_code, b"".join(chunks)
+            return response.status_code, b"".join(chunks), parse_usage_headers(response.headers)
 
     # --- endpoints ---
 
