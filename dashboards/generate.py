@@ -377,11 +377,12 @@ def overview() -> dict[str, Any]:
                    (8, 30, 8, 8), defaults={"min": 0}),
         stat("Exporter scrape",
              "Prometheus' up for each threads-exporter target in the selected jobs "
-             "(targets that exposed threads_up in the last day). Alerts: ThreadsExporterDown, "
+             "(targets that exposed threads_up for the selected accounts in the last day). "
+             "Alerts: ThreadsExporterDown, "
              "ThreadsExporterAbsent.",
              "none",
              [target(f"up{{{SEL_TARGET}}} and on (job, instance) "
-                     f"last_over_time(threads_up{{{SEL_TARGET}}}[1d])", "{{instance}}",
+                     f"last_over_time(threads_up{{{SEL}}}[1d])", "{{instance}}",
                      instant=True)],
              (16, 30, 4, 8), thresholds=steps(("red", None), ("green", 1)),
              mappings=[{"options": {"0": {"color": "red", "index": 0, "text": "DOWN"},

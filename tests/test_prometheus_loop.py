@@ -1,0 +1,198 @@
+"""Prometheus in the loop: a real Prometheus scrapes the real exporter in --demo mode with
+the bundled rules loaded; every dashboard variable and panel query must return data and
+every rule must be healthy."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from procs import REPO, Proc, exporter, free_port, prometheus_bin, wait_http
+
+_spec = importlib.util.spec_from_file_location("render_dashboards",
+                                               REPO / "scripts" / "render_dashboards.py")
+assert _spec and _spec.loader
+render = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(render)
+
+DASHBOARD_FILES = sorted((REPO / "dashboards").glob("*.json"))
+RULES = REPO / "prometheus" / "rules.yml"
+JOB = "threads-exporter"  # matches the rules' job=~".*threads.*" selector
+
+# Grafana computes $__rate_interval as max(4 x scrape interval, $__interval + scrape
+# interval); with the 1 s scrape interval used here 10 s holds several samples.
+RATE_INTERVAL = "10s"
+SAMPLES_NEEDED = 15  # seconds of scrapes before the queries run
+
+
+def _queries() -> list[tuple[str, str, str, bool]]:
+    """(test id, dashboard file, expression, instant) for every panel target."""
+    out = []
+    for path in DASHBOARD_FILES:
+        dash = json.loads(path.read_text())
+        for p in render.panels(dash):
+            for t in p.get("targets", []):
+                test_id = f"{path.stem}:{p['title']}:{t['refId']}"
+                out.append((test_id, path.name, t["expr"], bool(t.get("instant"))))
+    return out
+
+
+def _variables() -> list[tuple[str, str, str]]:
+    out = []
+    for path in DASHBOARD_FILES:
+        dash = json.loads(path.read_text())
+        for v in dash["templating"]["list"]:
+            if v["type"] == "query":
+                out.append((f"{path.stem}:${v['name']}", path.name, v["query"]))
+    return out
+
+
+QUERIES = _queries()
+VARIABLES = _variables()
+
+
+class Loop:
+    def __init__(self, url: str, exporter_target: str):
+        self.url = url
+        self.prom = render.Prometheus(url)
+        self.target = exporter_target
+
+    def selections(self) -> list[dict[str, str]]:
+        """Variables set to All, and to concrete values as a user would pick them: a
+        multi-value selection is formatted by Grafana as a regex alternation. The demo's
+        "brand" account is healthy and "expired" fails, so every panel has something."""
+        everything = {"job": ".+", "instance": ".+", "account": ".+",
+                      "datasource": "prometheus"}
+        concrete = {"job": JOB, "instance": self.target.replace(".", "\\\\."),
+                    "account": "(brand|expired)", "datasource": "prometheus"}
+        return [everything, concrete]
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[Loop]:
+    binary = prometheus_bin()
+    if binary is None:
+        pytest.skip("prometheus binary not installed (Debian package 'prometheus')")
+    tmp = Path(tempfile.mkdtemp(prefix="prom-loop-"))
+    with exporter("--demo") as (_proc, base):
+        target = base.removeprefix("http://")
+        shutil.copy(RULES, tmp / "rules.yml")
+        (tmp / "prometheus.yml").write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            "rule_files: [rules.yml]\n"
+            f"scrape_configs:\n  - job_name: {JOB}\n"
+            f"    static_configs: [{{targets: ['{target}']}}]\n")
+        port = free_port()
+        prom = Proc([binary, f"--config.file={tmp / 'prometheus.yml'}",
+                     f"--storage.tsdb.path={tmp / 'data'}",
+                     f"--web.listen-address=127.0.0.1:{port}"])
+        url = f"http://127.0.0.1:{port}"
+        try:
+            try:
+                wait_http(url + "/-/ready", timeout=30)
+            except TimeoutError:
+                pytest.fail(f"prometheus did not start:\n{prom.output()}")
+            loop = Loop(url, target)
+            _wait_for_samples(loop)
+            yield loop
+        finally:
+            prom.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _wait_for_samples(loop: Loop, timeout: float = 45.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            got = loop.prom.instant(f'count_over_time(up{{job="{JOB}"}}[1m])')
+            rules = _rules(loop.url)
+        except (RuntimeError, httpx.HTTPError):
+            got, rules = [], []
+        evaluated = rules and all(not r.get("lastEvaluation", "0001").startswith("0001")
+                                  for r in rules)
+        if got and float(got[0]["value"][1]) >= SAMPLES_NEEDED and evaluated:
+            return
+        time.sleep(0.5)
+    raise TimeoutError("Prometheus has not collected enough samples from the exporter")
+
+
+def _rules(url: str) -> list[dict[str, Any]]:
+    body = httpx.get(url + "/api/v1/rules", timeout=5).json()
+    return [r for g in body["data"]["groups"] for r in g["rules"]]
+
+
+def test_exporter_target_is_up(loop: Loop) -> None:
+    targets = httpx.get(loop.url + "/api/v1/targets", timeout=5).json()["data"]
+    active = targets["activeTargets"]
+    assert [t["health"] for t in active] == ["up"], active
+
+
+@pytest.mark.parametrize(("name", "dashboard", "query"), VARIABLES,
+                         ids=[v[0] for v in VARIABLES])
+def test_variable_query_returns_values(loop: Loop, name: str, dashboard: str,
+                                       query: str) -> None:
+    selector, label = render.label_values_query(query)
+    for values in loop.selections():
+        sel = render.substitute(selector, values) if selector else None
+        got = loop.prom.label_values(label, sel)
+        assert got, f"{dashboard} {name}: label_values({sel}, {label}) returned nothing"
+
+
+@pytest.mark.parametrize(("name", "dashboard", "expr", "instant"), QUERIES,
+                         ids=[q[0] for q in QUERIES])
+def test_panel_query_returns_data(loop: Loop, name: str, dashboard: str, expr: str,
+                                  instant: bool) -> None:
+    for values in loop.selections():
+        query = render.substitute(expr, values, rate_interval=RATE_INTERVAL,
+                                  interval="1s", range_="1m")
+        now = time.time()
+        if instant:
+            result = loop.prom.instant(query, at=now)
+        else:
+            result = loop.prom.range(query, now - 10, now, 1)
+        assert result, f"{dashboard} {name}: no data for {query!r} (variables {values})"
+
+
+def test_every_rule_is_healthy(loop: Loop) -> None:
+    rules = _rules(loop.url)
+    names = {r["name"] for r in rules}
+    assert "threads:quota_usage:ratio" in names
+    assert len(rules) >= 10, names
+    bad = {r["name"]: (r["health"], r.get("lastError")) for r in rules if r["health"] != "ok"}
+    assert not bad, bad
+
+
+def test_recording_rule_produces_ratios(loop: Loop) -> None:
+    got = loop.prom.instant(f'threads:quota_usage:ratio{{job="{JOB}"}}')
+    assert got
+    for s in got:
+        assert 0 <= float(s["value"][1]) <= 1.5, s
+
+
+def test_account_failing_alert_names_the_reason(loop: Loop) -> None:
+    # The demo's "expired" account fails with token_invalid; the alert is pending
+    # (for: 5m) within seconds of the first evaluation, and no healthy account is in it.
+    alerts = httpx.get(loop.url + "/api/v1/alerts", timeout=5).json()["data"]["alerts"]
+    failing = {(a["labels"]["account"], a["labels"]["reason"])
+               for a in alerts if a["labels"]["alertname"] == "ThreadsAccountFailing"}
+    assert failing == {("expired", "token_invalid")}, alerts
+
+
+def test_render_script_draws_every_dashboard(loop: Loop, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "png"
+    assert render.main(["--prometheus", loop.url, "--out", str(out), "--range", "60"]) == 0
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["containers.png", "overview.png"]
+    for p in out.glob("*.png"):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert p.stat().st_size > 20_000
