@@ -389,3 +389,25 @@ def test_schema_check_catches_a_misspelt_key(dash: dict[str, Any]) -> None:
     broken["panels"][0]["gridpos"] = broken["panels"][0].pop("gridPos")
     back = json.loads(json.dumps(Dashboard.from_json(broken), cls=JSONEncoder))
     assert ("panels", "gridpos") in _dropped(broken, back)
+
+
+# --- Grafana provisioning -------------------------------------------------------------------
+
+PROVISIONING = REPO / "grafana" / "provisioning"
+
+
+def test_datasource_provisioning_points_at_the_compose_prometheus() -> None:
+    doc = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yml").read_text())
+    assert doc["apiVersion"] == 1
+    (ds,) = doc["datasources"]
+    assert ds["type"] == "prometheus"
+    assert ds["url"] == "http://prometheus:9090"
+    assert ds["isDefault"] is True, "the $datasource variable defaults to the default one"
+
+
+def test_dashboard_provider_loads_the_dashboards_directory() -> None:
+    doc = yaml.safe_load((PROVISIONING / "dashboards" / "threads.yml").read_text())
+    assert doc["apiVersion"] == 1
+    (provider,) = doc["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
