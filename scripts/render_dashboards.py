@@ -151,15 +151,24 @@ def render(dash: dict[str, Any], prom: Prometheus, out: Path, range_seconds: flo
     rate_interval = f"{max(int(step * 4), 60)}s"
     items = [p for p in panels(dash) if p.get("type") != "row"]
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in items)
-    fig = plt.figure(figsize=(20, rows * 0.42 + 1), dpi=80)
-    grid = fig.add_gridspec(rows, 24, hspace=1.6, wspace=0.6)
-    fig.suptitle(f"{dash['title']} (last {range_seconds / 3600:g} h, variables = All)",
-                 fontsize=16)
+    width, row, head = 22.0, 0.5, 0.6  # inches: figure width, one grid row, title band
+    height = rows * row + head
+    fig = plt.figure(figsize=(width, height), dpi=80)
+    span = (f"{range_seconds / 3600:g} h" if range_seconds >= 7200
+            else f"{range_seconds / 60:g} min")
+    fig.suptitle(f"{dash['title']} (last {span}, variables = All)",
+                 fontsize=16, y=1 - 0.15 / height)
     for p in items:
         g = p["gridPos"]
-        ax = fig.add_subplot(grid[g["y"]:g["y"] + g["h"], g["x"]:g["x"] + g["w"]])
+        bars = p["type"] in ("stat", "bargauge")
+        left = 2.2 if bars else 0.7  # room for bar names or the y axis
+        x0 = g["x"] * width / 24 + left
+        y0 = height - head - (g["y"] + g["h"]) * row + 0.45
+        w = g["w"] * width / 24 - left - 0.2
+        h = g["h"] * row - 0.45 - 0.4
+        ax = fig.add_axes((x0 / width, y0 / height, w / width, h / height))
         unit = p["fieldConfig"]["defaults"].get("unit", "")
-        ax.set_title(p["title"], fontsize=10, loc="left")
+        ax.set_title(p["title"], fontsize=10, loc="left", x=-left / w if w else 0)
         ax.tick_params(labelsize=7)
         try:
             _draw(ax, p, prom, values, unit, start, end, step, rate_interval)
@@ -191,7 +200,8 @@ def _draw(ax: Any, p: dict[str, Any], prom: Prometheus, values: dict[str, str], 
             ax.plot(xs, [y * factor for y in ys], linewidth=1, label=name)
         for th in thresholds:
             ax.axhline(th * factor, linestyle="--", color="grey", linewidth=0.8)
-        ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+        fmt = "%H:%M:%S" if end - start < 3 * 3600 else "%H:%M"
+        ax.xaxis.set_major_formatter(mdates.DateFormatter(fmt))
         ax.set_ylabel(label, fontsize=8)
         if series:
             ax.legend(fontsize=6, loc="upper left", ncol=2)
