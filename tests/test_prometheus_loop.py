@@ -83,7 +83,8 @@ def loop() -> Iterator[Loop]:
     if binary is None:
         pytest.skip("prometheus binary not installed (Debian package 'prometheus')")
     tmp = Path(tempfile.mkdtemp(prefix="prom-loop-"))
-    with exporter("--demo") as (_proc, base):
+    # The exporter keeps container state in its working directory: use the temp dir.
+    with exporter("--demo", cwd=tmp) as (_proc, base):
         target = base.removeprefix("http://")
         shutil.copy(RULES, tmp / "rules.yml")
         (tmp / "prometheus.yml").write_text(
