@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from threads_exporter import __version__
 from threads_exporter.app import Exporter
 from threads_exporter.client import REDACT
+from threads_exporter.config import ACCOUNT_NAME
 
 if TYPE_CHECKING:
     from threads_exporter.webconfig import WebConfig
@@ -75,10 +76,13 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def send_text(self, status: int, text: str) -> None:
-        self.send(status, (text.rstrip("\n") + "\n").encode())
+        # Redacted like log lines: error texts may quote a config or a request.
+        self.send(status, (REDACT(text).rstrip("\n") + "\n").encode())
 
     def send_json(self, status: int, payload: Any) -> None:
-        self.send(status, json.dumps(payload, indent=1).encode() + b"\n", "application/json")
+        # Markup characters escaped as Go's encoding/json does, so echoed input stays inert.
+        text = json.dumps(payload, indent=1).replace("<", "\\u003c").replace(">", "\\u003e")
+        self.send(status, REDACT(text).encode() + b"\n", "application/json")
 
     def read_body(self) -> bytes | None:
         """The request body, or None after answering 400/413 when it is unusable."""
@@ -157,7 +161,9 @@ def probe(h: Handler) -> None:
         h.send_text(HTTPStatus.BAD_REQUEST, "exactly one account parameter is required")
         return
     if h.server.exporter.config.account(names[0]) is None:
-        h.send_text(HTTPStatus.BAD_REQUEST, f"unknown account {names[0]!r}")
+        # Echo only what could be an account name: no markup from a query reaches a body.
+        shown = repr(names[0]) if ACCOUNT_NAME.fullmatch(names[0]) else "(not a valid name)"
+        h.send_text(HTTPStatus.BAD_REQUEST, f"unknown account {shown}")
         return
     metrics(h, names[0])
 

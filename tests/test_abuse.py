@@ -1,0 +1,168 @@
+"""The exporter's own HTTP server under abuse: a crowd of scrapers, stalled clients, malformed
+and oversized requests, unknown paths, and markup smuggled in through any input."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from graph_double import samples, value, write_config
+from procs import exporter
+from threads_exporter.app import Exporter
+from threads_exporter.config import Account, ApiConfig, Config
+from threads_exporter.server import ExporterHTTPServer, serve_in_thread
+from threads_exporter.simulator import SimAccount, Simulator, SimulatorServer
+
+ACCOUNTS = [f"acct-{i:02d}" for i in range(20)]
+SCRIPT = "<script>alert(1)</script>"
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[Simulator]:
+    simulator = Simulator(latency=0.2)  # slow enough that the scrapers overlap
+    for name in ACCOUNTS:
+        simulator.add(SimAccount(f"tok-{name}", "me"))
+    server = SimulatorServer(simulator).start()
+    simulator.base_url = server.base_url  # type: ignore[attr-defined]
+    yield simulator
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def running(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    path = tmp_path_factory.mktemp("abuse") / "config.yaml"
+    write_config(path, sim.base_url,  # type: ignore[attr-defined]
+                 {n: f"tok-{n}" for n in ACCOUNTS}, timeout=5)
+    with exporter("--config.file", str(path)) as (_, base):
+        yield base
+
+
+def raw(base: str, request: bytes, timeout: float = 10) -> bytes:
+    """Send bytes as they are and read the answer until the server closes or stops."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(request)
+        chunks = []
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+                if b"\r\n\r\n" in b"".join(chunks):
+                    break
+        except TimeoutError:
+            pass
+        return b"".join(chunks)
+
+
+def test_fifty_concurrent_scrapers_share_one_reading(running: str, sim: Simulator) -> None:
+    start = threading.Barrier(50)
+    answers: list[httpx.Response] = []
+
+    def scrape() -> None:
+        start.wait()
+        answers.append(httpx.get(running + "/metrics", timeout=30))
+
+    threads = [threading.Thread(target=scrape) for _ in range(50)]
+    began = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    took = time.monotonic() - began
+    assert len(answers) == 50 and {a.status_code for a in answers} == {200}
+    assert took < 10  # Prometheus' default scrape timeout
+    for answer in answers:
+        found = samples(answer.text)
+        assert all(value(found, "threads_up", account=n) == 1 for n in ACCOUNTS)
+    # One upstream call per account, whatever the number of scrapers.
+    assert sim.calls["publishing_limit"] == len(ACCOUNTS)
+
+
+@contextmanager
+def stalled_clients(base: str, n: int) -> Iterator[None]:
+    """n connections that start a request and never finish it."""
+    host, port = base.removeprefix("http://").split(":")
+    partial = [b"", b"GET /metr", b"GET /metrics HTTP/1.1\r\nHost: x\r\n",
+               b"POST /-/reload HTTP/1.1\r\nContent-Length: 5000\r\n\r\n{"]
+    with ExitStack() as stack:
+        for i in range(n):
+            s = stack.enter_context(socket.create_connection((host, int(port)), timeout=5))
+            s.sendall(partial[i % len(partial)])
+        yield
+
+
+def test_stalled_clients_do_not_block_scrapes(running: str) -> None:
+    with stalled_clients(running, 200):
+        began = time.monotonic()
+        r = httpx.get(running + "/metrics", timeout=10)
+        assert r.status_code == 200
+        assert httpx.get(running + "/-/healthy", timeout=10).status_code == 200
+        assert time.monotonic() - began < 5
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (b"HELLO\r\n\r\n", b"400"),
+    (b"GET /metrics HTTP/9.9\r\n\r\n", b"505"),
+    (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", b"414"),
+    (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(200)) + b"\r\n",
+     b"431"),
+    (b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"404"),
+    (b"GET /metrics/../../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+     b"404"),
+    (b"DELETE /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"405"),
+    (f"GET /{SCRIPT} HTTP/7\r\n\r\n".encode(), b"400"),
+])
+def test_malformed_requests_get_a_clean_error(running: str, request_bytes: bytes,
+                                              status: bytes) -> None:
+    answer = raw(running, request_bytes)
+    # http.server answers a request it cannot parse as HTTP/1.x the HTTP/0.9 way: a bare
+    # error page without a status line.
+    assert (answer.startswith(b"HTTP/1.1 " + status)
+            or b"Error code: " + status in answer), answer[:300]
+    assert b"<script" not in answer.lower()
+    # The server is still fine afterwards.
+    assert httpx.get(running + "/-/healthy", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("path", [
+    f"/?q={SCRIPT}", f"/probe?account={SCRIPT}", f"/probe?account=acct-00&account={SCRIPT}",
+    f"/metrics?x={SCRIPT}", f"/{SCRIPT}", f"/-/healthy?{SCRIPT}", f"/-/ready/{SCRIPT}",
+])
+def test_no_markup_from_input_reaches_a_response(running: str, path: str) -> None:
+    for encoded in (path, path.replace("<", "%3C").replace(">", "%3E")):
+        r = httpx.get(running + encoded, timeout=10, headers={"X-Evil": SCRIPT})
+        assert "<script" not in r.text.lower(), (encoded, r.status_code, r.text[:300])
+
+
+def test_landing_page_escapes_account_names() -> None:
+    # The config loader only admits [a-zA-Z0-9_.-]+; the page must not rely on that.
+    names = ["plain.name_1-x", '<script>alert("x")</script>&']
+    config = Config(api=ApiConfig(base_url="http://127.0.0.1:9"),
+                    accounts=tuple(Account(n, "me", f"tok-{i}") for i, n in enumerate(names)))
+    app = Exporter(config)
+    server = ExporterHTTPServer(("127.0.0.1", 0), app, None)
+    serve_in_thread(server)
+    try:
+        page = httpx.get(f"http://127.0.0.1:{server.server_address[1]}/", timeout=10).text
+    finally:
+        server.shutdown()
+        server.server_close()
+        app.close()
+    assert "plain.name_1-x" in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;" in page
+    assert "<script" not in page.lower()
+    assert "tok-" not in page
+
+
+def test_unknown_probe_target_is_400_and_not_echoed_raw(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.yaml", "http://127.0.0.1:9", {"a": "tok-a"})
+    with exporter("--config.file", str(path)) as (_, base):
+        r = httpx.get(base + "/probe", params={"account": "missing.one"}, timeout=10)
+        assert r.status_code == 400 and "missing.one" in r.text
+        assert httpx.get(base + "/probe", timeout=10).status_code == 400
