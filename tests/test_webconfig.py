@@ -546,7 +546,8 @@ def test_exporter_serves_https_with_basic_auth(pki: Pki):
     path = _write(pki, "exporter", TLS + f"basic_auth_users:\n  prometheus: '{HASH_PW}'\n"
                                          "http_server_config:\n  headers:\n"
                                          "    X-Content-Type-Options: nosniff\n")
-    with exporter("--demo", "--web.config.file", str(path), ready=False) as (proc, base):
+    with exporter("--demo", "--web.config.file", str(path), ready=False,
+                  cwd=pki.dir) as (proc, base):
         https = base.replace("http://", "https://")
         ctx = client_ctx(pki)
         try:
@@ -573,7 +574,7 @@ def test_exporter_refuses_a_promtool_rejected_config(pki: Pki, name: str, body: 
     assert not _promtool_accepts(path)[0]
     r = subprocess.run([*exporter_cmd("--demo", "--web.listen-address", "127.0.0.1:0",
                                       "--web.config.file", str(path))],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, cwd=pki.dir)
     assert r.returncode == 1, r.stdout + r.stderr
     assert field in r.stderr and str(path) in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
