@@ -28,6 +28,13 @@ from threads_exporter.collector import (
     quota_families,
 )
 from threads_exporter.config import Config, ConfigError, load_config
+from threads_exporter.tracker import (
+    ContainerSnapshot,
+    ContainerTracker,
+    container_families,
+    open_store,
+    tracking_enabled,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,6 +47,7 @@ MAX_SCRAPE_TIMEOUT = 300.0
 class Snapshot:
     readings: list[Reading]
     stats: ApiStats
+    containers: ContainerSnapshot
 
 
 def scrape_budget(header: str | None, offset: float) -> float:
@@ -64,6 +72,9 @@ class Exporter:
         self._transport = transport
         self._reload_lock = threading.Lock()
         REDACT.set_secrets(config.secrets())
+        # First, so a state file locked by another exporter fails start-up before anything runs.
+        store, store_error = (open_store(config.containers.state_path)
+                              if tracking_enabled(config.containers) else (None, None))
         self.stats = ApiStats()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="threads-api",
@@ -71,6 +82,8 @@ class Exporter:
         self._thread.start()
         self.client: ThreadsClient = self.call(self._make_client(config))
         self.collector = QuotaCollector(self.client, config)
+        self.tracker = ContainerTracker(self.client, config, store, store_error)
+        self.call(self.tracker.track(config.containers.track))
 
     async def _make_client(self, config: Config) -> ThreadsClient:
         # The client's semaphore and pool belong to the loop: build them on it.
@@ -90,12 +103,26 @@ class Exporter:
         snapshot = self.call(self._snapshot(deadline, names), timeout=budget + 5)
         families = quota_families(snapshot.readings)
         if account is not None:
-            return families + api_families(snapshot.stats, {account})
-        return families + api_families(snapshot.stats) + self._own_families()
+            return (families + api_families(snapshot.stats, {account})
+                    + container_families(snapshot.containers, [account]))
+        return (families + api_families(snapshot.stats)
+                + container_families(snapshot.containers, [a.name for a in self.config.accounts])
+                + self._own_families())
 
     async def _snapshot(self, deadline: float, names: list[str] | None) -> Snapshot:
-        readings = await self.collector.scrape(deadline, names)
-        return Snapshot(readings, copy_stats(self.stats))
+        readings, containers = await asyncio.gather(self.collector.scrape(deadline, names),
+                                                    self.tracker.scrape(deadline, names))
+        return Snapshot(readings, copy_stats(self.stats), containers)
+
+    # --- containers (from HTTP handler threads and the demo) ---
+
+    def register(self, account: str, container_id: str) -> tuple[bool, dict[str, Any]]:
+        """Track a container: (new?, its listing entry); committed to disk on return.
+        Raises UnknownAccount, ValueError for a bad id, StoreError for an unusable disk."""
+        return self.call(self.tracker.register(account, container_id), timeout=30)
+
+    def containers(self, account: str | None = None) -> list[dict[str, Any]]:
+        return self.call(self.tracker.listing(account), timeout=30)
 
     def _own_families(self) -> list[Metric]:
         info = GaugeMetricFamily("threads_exporter_build_info", "Version of the exporter; "
@@ -134,6 +161,7 @@ class Exporter:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.tracker.aclose()
         await self.client.aclose()
 
     async def _adopt(self, config: Config) -> None:
@@ -141,8 +169,11 @@ class Exporter:
             old = self.client
             self.client = await self._make_client(config)
             self.collector.client = self.client
+            self.tracker.client = self.client
             await old.aclose()
         self.collector.reconfigure(config)
+        self.tracker.reconfigure(config)
+        await self.tracker.track(config.containers.track)
 
     def close(self) -> None:
         try:

@@ -52,6 +52,9 @@ class ContainersConfig:
     stuck_poll_interval_seconds: float = 300.0
     finished_poll_interval_seconds: float = 900.0
     retention_seconds: float = 48 * 3600.0
+    # Meta: poll IN_PROGRESS for at most 5 minutes; a container unpublished for 24 h expires.
+    stuck_after_seconds: float = 300.0
+    expire_after_seconds: float = 24 * 3600.0
     state_path: str = "threads-exporter.db"
     api_token: str | None = field(default=None, repr=False)
     track: tuple[TrackedContainer, ...] = ()
@@ -251,6 +254,11 @@ def _containers(f: _Fields, accounts: dict[str, Account]) -> ContainersConfig:
             "finished_poll_interval_seconds", d.finished_poll_interval_seconds, minimum=1
         ),
         retention_seconds=f.number("retention_hours", d.retention_seconds / 3600, minimum=0)
+        * 3600,
+        stuck_after_seconds=f.number("stuck_after_seconds", d.stuck_after_seconds, minimum=1),
+        expire_after_seconds=f.number(
+            "expire_after_hours", d.expire_after_seconds / 3600, minimum=0.01
+        )
         * 3600,
         state_path=f.string("state_path", d.state_path),
         api_token=api_token,

@@ -7,6 +7,7 @@ contain a token; the landing page names accounts only, HTML-escaped.
 from __future__ import annotations
 
 import gzip
+import hmac
 import html
 import json
 import logging
@@ -27,6 +28,9 @@ from threads_exporter import __version__
 from threads_exporter.app import Exporter
 from threads_exporter.client import REDACT
 from threads_exporter.config import ACCOUNT_NAME
+from threads_exporter.config import ACCOUNT_NAME, valid_container_id
+from threads_exporter.store import StoreError
+from threads_exporter.tracker import UnknownAccount
 
 if TYPE_CHECKING:
     from threads_exporter.webconfig import WebConfig
@@ -209,6 +213,69 @@ def reload(h: Handler) -> None:
         h.send_text(HTTPStatus.BAD_REQUEST, f"config reload failed: {error}")
 
 
+def _api_authorized(h: Handler) -> bool:
+    """Bearer containers.api_token, compared in constant time; answers 401/403 itself.
+    Without a configured token the API is closed, never open by default."""
+    token = h.server.exporter.config.containers.api_token
+    if not token:
+        h.send_json(HTTPStatus.FORBIDDEN, {"error": "the container API is disabled: set "
+                                           "containers.api_token in the config"})
+        return False
+    scheme, _, given = (h.headers.get("Authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                             token.encode()):
+        h.send(HTTPStatus.UNAUTHORIZED, b'{"error": "a valid bearer token is required"}\n',
+               "application/json", {"WWW-Authenticate": 'Bearer realm="threads-exporter"'})
+        return False
+    return True
+
+
+def list_containers(h: Handler) -> None:
+    if not _api_authorized(h):
+        return
+    account = (h.query.get("account") or [None])[-1]
+    try:
+        listing = h.server.exporter.containers(account)
+    except StoreError as e:
+        h.send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(e)})
+        return
+    h.send_json(HTTPStatus.OK, {"containers": listing})
+
+
+def register_container(h: Handler) -> None:
+    if not _api_authorized(h):
+        return
+    body = h.read_body()
+    if body is None:
+        return
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        payload = None
+    if not isinstance(payload, dict):
+        h.send_json(HTTPStatus.BAD_REQUEST,
+                    {"error": 'expected a JSON object {"account": NAME, "id": CONTAINER_ID}'})
+        return
+    account, cid = payload.get("account"), payload.get("id")
+    if not isinstance(account, str) or not account:
+        h.send_json(HTTPStatus.BAD_REQUEST, {"error": "account: a configured account name "
+                                             "(a string) is required"})
+        return
+    if not valid_container_id(cid):
+        h.send_json(HTTPStatus.BAD_REQUEST, {"error": "id: a container id is a string of "
+                                             "digits"})
+        return
+    try:
+        new, entry = h.server.exporter.register(account, cid)
+    except UnknownAccount:
+        h.send_json(HTTPStatus.NOT_FOUND, {"error": f"no configured account named {account!r}"})
+        return
+    except StoreError as e:
+        h.send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(e)})
+        return
+    h.send_json(HTTPStatus.CREATED if new else HTTPStatus.OK, entry)
+
+
 # --- server --------------------------------------------------------------------------------
 
 
@@ -229,6 +296,7 @@ class ExporterHTTPServer(ThreadingHTTPServer):
             "/-/healthy": {"GET": healthy},
             "/-/ready": {"GET": ready},
             "/-/reload": {"POST": reload, "PUT": reload},
+            "/api/v1/containers": {"GET": list_containers, "POST": register_container},
         }
         if ":" in address[0]:
             self.address_family = socket.AF_INET6

@@ -1,0 +1,296 @@
+"""Durable container state: one SQLite file per exporter, guarded by an exclusive lock.
+
+Durability: WAL with ``synchronous=FULL``, so a commit has reached the disk before the caller
+acknowledges anything (a registration answered 201, a status counted in a metric); a kill -9
+or a power cut loses nothing acknowledged. The price is one fsync per commit, which the
+tracker keeps small by committing poll results in batches. A status change and the counter
+increments it causes are one transaction, so a crash can neither lose nor double-count them.
+
+Only one process may use a state file: two exporters polling and counting the same containers
+would double every counter. The lock is ``flock`` on ``<state_path>.lock``, released by the
+kernel when the process dies, so a crash never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+SCHEMA_VERSION = 1
+_SCHEMA = ("""
+CREATE TABLE IF NOT EXISTS containers (
+    account       TEXT NOT NULL,
+    id            TEXT NOT NULL,
+    status        TEXT,              -- NULL until the API first answers
+    error_message TEXT,
+    reached       TEXT NOT NULL DEFAULT '',  -- statuses already counted, comma-separated
+    registered_at REAL NOT NULL,     -- Unix times from here on
+    first_seen    REAL,
+    last_seen     REAL,
+    last_polled   REAL,
+    polls         INTEGER NOT NULL DEFAULT 0,
+    poll_errors   INTEGER NOT NULL DEFAULT 0,
+    last_error    TEXT,
+    next_poll_at  REAL,              -- NULL once final: never polled again
+    finished_at   REAL,              -- when it became final: retention counts from here
+    PRIMARY KEY (account, id)
+) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS containers_due ON containers (next_poll_at)",
+    "CREATE INDEX IF NOT EXISTS containers_registered ON containers (registered_at)",
+    "CREATE INDEX IF NOT EXISTS containers_finished ON containers (finished_at)",
+    """CREATE TABLE IF NOT EXISTS counters (
+    family  TEXT NOT NULL,
+    account TEXT NOT NULL,
+    label   TEXT NOT NULL,
+    value   REAL NOT NULL,
+    PRIMARY KEY (family, account, label)
+) WITHOUT ROWID""",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID",
+)
+_COLUMNS = ("account", "id", "status", "error_message", "reached", "registered_at",
+            "first_seen", "last_seen", "last_polled", "polls", "poll_errors", "last_error",
+            "next_poll_at", "finished_at")
+_SETTABLE = frozenset(_COLUMNS) - {"account", "id", "registered_at"}
+
+
+class StoreError(Exception):
+    """The state file cannot be used; the message names the file and the cause."""
+
+
+class StoreLocked(StoreError):
+    """Another process holds the state file."""
+
+
+@dataclass(frozen=True)
+class Row:
+    account: str
+    id: str
+    status: str | None
+    error_message: str | None
+    reached: frozenset[str]
+    registered_at: float
+    first_seen: float | None
+    last_seen: float | None
+    last_polled: float | None
+    polls: int
+    poll_errors: int
+    last_error: str | None
+    next_poll_at: float | None
+    finished_at: float | None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.account, self.id
+
+
+@dataclass(frozen=True)
+class Change:
+    """An update of one container, applied only if the row is still as it was read (same
+    status and poll count), together with the counter increments it causes."""
+
+    account: str
+    id: str
+    expect_status: str | None
+    expect_polls: int
+    fields: dict[str, Any]
+    counters: tuple[tuple[str, str, str, float], ...] = ()  # (family, account, label, delta)
+
+
+@dataclass(frozen=True)
+class Tallies:
+    """Aggregates for the metrics; no per-container data."""
+
+    counts: dict[tuple[str, str], int]  # (account, status) -> containers
+    stuck: dict[str, int]
+    backlog: dict[str, int]
+    counters: dict[tuple[str, str, str], float]  # (family, account, label) -> value
+
+
+def _row(values: Sequence[Any]) -> Row:
+    d = dict(zip(_COLUMNS, values, strict=True))
+    d["reached"] = frozenset(s for s in d["reached"].split(",") if s)
+    return Row(**d)
+
+
+def _encode(column: str, value: Any) -> Any:
+    return ",".join(sorted(value)) if column == "reached" else value
+
+
+class Store:
+    def __init__(self, path: str):
+        self.path = path
+        self._mutex = threading.Lock()
+        lock_path = f"{path}.lock"
+        try:
+            self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise StoreError(f"{lock_path}: cannot open the state lock file: {e.strerror}") \
+                from None
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise StoreLocked(
+                f"{path}: the container state file is in use by another threads-exporter "
+                f"process (lock {lock_path} is held); give each exporter its own "
+                "containers.state_path") from None
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                       timeout=5.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{path}: written by a newer threads-exporter "
+                                 f"(schema {version}, this one knows {SCHEMA_VERSION})")
+            with self._tx() as db:
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.Error as e:
+            self.close()
+            raise StoreError(f"{path}: cannot open the container state file: {e}") from None
+        except StoreError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        db = getattr(self, "_db", None)
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+            self._db = None  # type: ignore[assignment]
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; COMMIT returns once the data is on disk."""
+        with self._mutex:
+            if self._db is None:
+                raise StoreError(f"{self.path}: the container state file is closed")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                raise StoreError(f"{self.path}: cannot write the container state file: "
+                                 f"{e}") from None
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        with self._mutex:
+            if self._db is None:
+                raise StoreError(f"{self.path}: the container state file is closed")
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as e:
+                raise StoreError(f"{self.path}: cannot read the container state file: "
+                                 f"{e}") from None
+
+    # --- writes ---
+
+    def register(self, account: str, ids: Iterable[str], now: float) -> list[bool]:
+        """Start tracking containers (due at once); True for each one that was new."""
+        new = []
+        with self._tx() as db:
+            for cid in ids:
+                cur = db.execute(
+                    "INSERT INTO containers (account, id, registered_at, next_poll_at) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", (account, cid, now, now))
+                new.append(cur.rowcount == 1)
+        return new
+
+    def apply(self, changes: Iterable[Change]) -> int:
+        """Apply changes whose row is unchanged since it was read; returns how many applied."""
+        applied = 0
+        with self._tx() as db:
+            for c in changes:
+                bad = set(c.fields) - _SETTABLE
+                if bad:
+                    raise ValueError(f"not settable: {sorted(bad)}")
+                columns = list(c.fields)
+                cur = db.execute(
+                    f"UPDATE containers SET {', '.join(f'{k} = ?' for k in columns)} "
+                    "WHERE account = ? AND id = ? AND status IS ? AND polls = ?",
+                    [*(_encode(k, c.fields[k]) for k in columns),
+                     c.account, c.id, c.expect_status, c.expect_polls])
+                if cur.rowcount != 1:
+                    continue  # changed meanwhile (or pruned): its counters must not count
+                applied += 1
+                for family, account, label, delta in c.counters:
+                    db.execute(
+                        "INSERT INTO counters VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE "
+                        "SET value = value + excluded.value", (family, account, label, delta))
+        return applied
+
+    def prune(self, final_before: float) -> int:
+        """Forget final containers that became final before a time; counters stay."""
+        with self._tx() as db:
+            return db.execute("DELETE FROM containers WHERE finished_at < ?",
+                              (final_before,)).rowcount
+
+    def heartbeat(self, now: float) -> None:
+        """A tiny write, so a full or read-only disk shows up even when nothing changed."""
+        with self._tx() as db:
+            db.execute("INSERT INTO meta VALUES ('heartbeat', ?) ON CONFLICT DO UPDATE "
+                       "SET value = excluded.value", (repr(now),))
+
+    # --- reads ---
+
+    def due(self, now: float, limit: int, accounts: Sequence[str] | None = None) -> list[Row]:
+        """Containers whose poll is due, the longest-waiting first."""
+        where, args = "next_poll_at <= ?", [now]
+        if accounts is not None:
+            where += f" AND account IN ({','.join('?' * len(accounts))})"
+            args += accounts
+        rows = self._read(f"SELECT {', '.join(_COLUMNS)} FROM containers WHERE {where} "
+                          "ORDER BY next_poll_at LIMIT ?", [*args, limit])
+        return [_row(r) for r in rows]
+
+    def unfinished_since(self, registered_before: float) -> list[Row]:
+        """Containers not final yet that were registered before a time."""
+        rows = self._read(f"SELECT {', '.join(_COLUMNS)} FROM containers "
+                          "WHERE registered_at < ? AND next_poll_at IS NOT NULL",
+                          [registered_before])
+        return [_row(r) for r in rows]
+
+    def get(self, account: str, cid: str) -> Row | None:
+        rows = self._read(f"SELECT {', '.join(_COLUMNS)} FROM containers "
+                          "WHERE account = ? AND id = ?", [account, cid])
+        return _row(rows[0]) if rows else None
+
+    def listing(self, account: str | None = None) -> list[Row]:
+        where, args = ("WHERE account = ?", [account]) if account is not None else ("", [])
+        rows = self._read(f"SELECT {', '.join(_COLUMNS)} FROM containers {where} "
+                          "ORDER BY registered_at, account, id", args)
+        return [_row(r) for r in rows]
+
+    def tallies(self, now: float, stuck_before: float) -> Tallies:
+        counts = self._read("SELECT account, status, COUNT(*) FROM containers "
+                            "WHERE status IS NOT NULL GROUP BY account, status")
+        stuck = self._read("SELECT account, COUNT(*) FROM containers WHERE status = "
+                           "'IN_PROGRESS' AND registered_at <= ? GROUP BY account",
+                           [stuck_before])
+        backlog = self._read("SELECT account, COUNT(*) FROM containers "
+                             "WHERE next_poll_at <= ? GROUP BY account", [now])
+        counters = self._read("SELECT family, account, label, value FROM counters")
+        return Tallies(
+            counts={(a, s): n for a, s, n in counts},
+            stuck=dict(stuck),
+            backlog=dict(backlog),
+            counters={(f, a, lbl): v for f, a, lbl, v in counters},
+        )
