@@ -4,17 +4,34 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from typing import NoReturn
 
 from threads_exporter import __version__
 from threads_exporter.app import Exporter
-from threads_exporter.config import Account, ApiConfig, Config, ConfigError, load_config
+from threads_exporter.config import (
+    Account,
+    ApiConfig,
+    Config,
+    ConfigError,
+    ContainersConfig,
+    load_config,
+)
 from threads_exporter.logs import LEVELS, setup_logging
 from threads_exporter.server import ExporterHTTPServer, parse_listen_address, serve_in_thread
-from threads_exporter.simulator import SimulatorServer, demo_accounts, demo_simulator
+from threads_exporter.simulator import (
+    DEMO_API_TOKEN,
+    DEMO_CONTAINER_TTL,
+    DemoPublisher,
+    SimulatorServer,
+    demo_accounts,
+    demo_simulator,
+)
+from threads_exporter.store import StoreLocked
 
 log = logging.getLogger("threads_exporter")
 
@@ -56,11 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def demo_config(base_url: str) -> Config:
+def demo_config(base_url: str, state_path: str) -> Config:
+    # Container times shrink with the simulator's, so a demo shows stuck containers (and
+    # every other outcome) within a minute instead of after five.
     return Config(
         api=ApiConfig(base_url=base_url, timeout_seconds=2.0),
         cache_ttl_seconds=15.0,
         accounts=tuple(Account(name, sim.user_id, sim.token) for name, sim in demo_accounts()),
+        containers=ContainersConfig(
+            poll_interval_seconds=2.0, stuck_poll_interval_seconds=10.0,
+            finished_poll_interval_seconds=4.0, stuck_after_seconds=20.0,
+            expire_after_seconds=DEMO_CONTAINER_TTL, retention_seconds=1800.0,
+            state_path=state_path, api_token=DEMO_API_TOKEN),
     )
 
 
@@ -73,12 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level, args.log_format)
 
     simulator = None
+    demo_dir = None
     config_path: str | None = None
     try:
         address = parse_listen_address(args.listen)
         if args.demo:
             simulator = SimulatorServer(demo_simulator()).start()
-            config = demo_config(simulator.base_url)
+            demo_dir = tempfile.mkdtemp(prefix="threads-exporter-demo-")
+            config = demo_config(simulator.base_url, f"{demo_dir}/containers.db")
         else:
             config_path = args.config_file
             config = load_config(config_path)
@@ -96,7 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config_file}: OK ({len(config.accounts)} accounts)")
         return 0
 
-    exporter = Exporter(config, config_path, timeout_offset=args.timeout_offset)
+    try:
+        exporter = Exporter(config, config_path, timeout_offset=args.timeout_offset)
+    except StoreLocked as e:
+        print(f"threads-exporter: containers.state_path: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         server = ExporterHTTPServer(address, exporter, web, args.telemetry_path)
     except OSError as e:
@@ -113,16 +143,24 @@ def main(argv: list[str] | None = None) -> int:
     scheme = "https" if web is not None and web.ssl_context is not None else "http"
     log.info("listening", extra={"address": f"{scheme}://{host}:{port}",
                                  "accounts": len(config.accounts), "version": __version__})
+    publisher = None
     if simulator is not None:
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         print(f"Demo mode: Threads API simulator at {simulator.base_url}.\n"
               f"Scrape {scheme}://{shown}:{port}{args.telemetry_path} "
-              f"(landing page {scheme}://{shown}:{port}/).", file=sys.stderr, flush=True)
+              f"(landing page {scheme}://{shown}:{port}/).\n"
+              f"Container API: {scheme}://{shown}:{port}/api/v1/containers with "
+              f"'Authorization: Bearer {DEMO_API_TOKEN}'.", file=sys.stderr, flush=True)
+        publisher = DemoPublisher(simulator.base_url, exporter.register).start()
     stop.wait()
     log.info("shutting down")
+    if publisher is not None:
+        publisher.stop()
     server.shutdown()
     server.server_close()
     exporter.close()
     if simulator is not None:
         simulator.stop()
+    if demo_dir is not None:
+        shutil.rmtree(demo_dir, ignore_errors=True)
     return 0

@@ -27,7 +27,6 @@ from prometheus_client.registry import Collector
 from threads_exporter import __version__
 from threads_exporter.app import Exporter
 from threads_exporter.client import REDACT
-from threads_exporter.config import ACCOUNT_NAME
 from threads_exporter.config import ACCOUNT_NAME, valid_container_id
 from threads_exporter.store import StoreError
 from threads_exporter.tracker import UnknownAccount

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
+import logging
 import math
 import re
 import threading
@@ -20,7 +22,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
+
 from threads_exporter.client import QUOTA_FIELDS
+from threads_exporter.tracker import ERROR_MESSAGES
+
+log = logging.getLogger(__name__)
 
 DAY = 86400
 QUOTA_TOTALS = {"posts": 250, "replies": 1000, "deletes": 100, "location_searches": 500}
@@ -33,6 +40,14 @@ SCOPES = {
 }
 ALL_SCOPES = ("threads_basic", "threads_content_publish", "threads_manage_replies",
               "threads_delete", "threads_location_tagging")
+
+# Media container lifecycles; the demo cycles through this pattern, so every few minutes it
+# shows each outcome: published, failed (each error_message in turn), expired, stuck.
+LIFECYCLES = ("publish", "publish", "error", "publish", "expire", "publish", "error", "stuck",
+              "publish", "error")
+DEMO_API_TOKEN = "demo-api-token"  # the demo's container API token, shown in the banner
+DEMO_CONTAINER_SCALE = 0.1  # demo containers process and publish ten times faster
+DEMO_CONTAINER_TTL = 600.0  # and expire after 10 minutes instead of 24 hours
 
 # Faults an account can be given, for tests and the benchmark.
 FAULTS = ("throttled", "server_error", "html_502", "html_503", "truncated", "empty_data",
@@ -52,6 +67,40 @@ class SimAccount:
     phase: float = 0.0
     fault: str | None = None
     slow_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class SimContainer:
+    """A media container: IN_PROGRESS at creation, then each step from its time on."""
+
+    id: str
+    token: str
+    created_at: float
+    steps: tuple[tuple[float, str, str | None], ...]  # (seconds after creation, status, msg)
+
+    def status_at(self, now: float) -> tuple[str, str | None]:
+        current: tuple[str, str | None] = ("IN_PROGRESS", None)
+        for offset, status, message in self.steps:
+            if now - self.created_at >= offset:
+                current = (status, message)
+        return current
+
+
+def lifecycle(kind: str, n: int, scale: float, ttl: float,
+              ) -> tuple[tuple[float, str, str | None], ...]:
+    """The steps of the n-th container of a kind; processing and publishing times vary with
+    n and shrink with scale. The 24 h expiry (ttl) is not scaled."""
+    if kind == "publish":
+        processed = (20 + 15 * (n % 5)) * scale
+        return ((processed, "FINISHED", None),
+                (processed + (30 + 60 * (n % 4)) * scale, "PUBLISHED", None))
+    if kind == "error":
+        return (((10 + 10 * (n % 4)) * scale, "ERROR", ERROR_MESSAGES[n % len(ERROR_MESSAGES)]),)
+    if kind == "expire":
+        return ((30 * scale, "FINISHED", None), (ttl, "EXPIRED", None))
+    if kind == "stuck":
+        return ()
+    raise ValueError(f"unknown lifecycle {kind!r}")
 
 
 def error_body(message: str, code: int, *, type_: str = "THApiException",
@@ -77,7 +126,11 @@ class Simulator:
     latency: float = 0.0
     clock: Callable[[], float] = time.time
     calls: dict[str, int] = field(default_factory=dict)  # endpoint -> count
+    containers: dict[str, SimContainer] = field(default_factory=dict)
+    container_scale: float = 1.0
+    container_ttl: float = DAY
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _kinds: dict[str, int] = field(default_factory=dict)  # lifecycle -> containers made
 
     def add(self, account: SimAccount) -> SimAccount:
         self.accounts[account.token] = account
@@ -89,12 +142,13 @@ class Simulator:
 
     # --- request handling (pure: path and query in, status and body out) ---
 
-    def handle(self, path: str, query: dict[str, str]) -> tuple[int, Any]:
+    def _authenticate(self, path: str, query: dict[str, str],
+                      ) -> tuple[list[str], SimAccount] | tuple[int, Any]:
+        """(path parts after the version, account), or the error answer."""
         parts = [p for p in path.split("/") if p]
         if len(parts) < 2 or not re.fullmatch(r"v\d+\.\d+", parts[0]):
             return 400, error_body("Unknown path components: " + path, 2500,
                                    type_="OAuthException")
-        rest = parts[1:]
         token = query.get("access_token")
         if not token:
             return 400, error_body("An access token is required to request this resource.",
@@ -106,6 +160,13 @@ class Simulator:
         if account.expired:
             return 400, error_body("Error validating access token: Session has expired.",
                                    190, type_="OAuthException", subcode=463)
+        return parts[1:], account
+
+    def handle(self, path: str, query: dict[str, str]) -> tuple[int, Any]:
+        auth = self._authenticate(path, query)
+        if isinstance(auth[0], int):
+            return auth
+        rest, account = auth
         if rest == ["debug_token"]:
             self.count("debug_token")
             return self.debug_token(query.get("input_token", ""))
@@ -117,10 +178,46 @@ class Simulator:
                     "cannot be loaded due to missing permissions, or does not support this "
                     "operation.", 100, subcode=33)
             return self.publishing_limit(account, query.get("fields"))
+        container = self.containers.get(rest[0]) if len(rest) == 1 else None
+        if container is not None and container.token == account.token:
+            self.count("container")
+            status, message = container.status_at(self.clock())
+            body = {"status": status, "id": container.id}
+            if status == "ERROR":
+                body["error_message"] = message
+            return 200, body
         return 400, error_body(
             f"Unsupported get request. Object with ID '{rest[0]}' does not exist, cannot be "
             "loaded due to missing permissions, or does not support this operation.",
             100, subcode=33)
+
+    def handle_post(self, path: str, query: dict[str, str]) -> tuple[int, Any]:
+        """POST /{user-id}/threads: create a media container, as publishing pipelines do."""
+        auth = self._authenticate(path, query)
+        if isinstance(auth[0], int):
+            return auth
+        rest, account = auth
+        if len(rest) != 2 or rest[1] != "threads" or rest[0] not in ("me", account.user_id):
+            return 400, error_body(f"Unsupported post request: {path}", 100, subcode=33)
+        media_type = query.get("media_type")
+        needs = {"VIDEO": "video_url", "IMAGE": "image_url", "TEXT": "text"}.get(media_type or "")
+        if needs is None or not query.get(needs):
+            return 400, error_body("(#100) The parameter media_type with a matching "
+                                   "video_url, image_url or text is required", 100)
+        self.count("create_container")
+        return 200, {"id": self.create_container(account).id}
+
+    def create_container(self, account: SimAccount, kind: str | None = None) -> SimContainer:
+        """A new container of the account; its lifecycle cycles through LIFECYCLES."""
+        with self._lock:
+            n = len(self.containers)
+            kind = kind or LIFECYCLES[n % len(LIFECYCLES)]
+            k = self._kinds[kind] = self._kinds.get(kind, 0) + 1
+            container = SimContainer(
+                id=str(17889615691900000 + n), token=account.token, created_at=self.clock(),
+                steps=lifecycle(kind, k - 1, self.container_scale, self.container_ttl))
+            self.containers[container.id] = container
+        return container
 
     def publishing_limit(self, account: SimAccount, fields: str | None) -> tuple[int, Any]:
         names = [f for f in (fields or "quota_usage").split(",") if f]
@@ -176,6 +273,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._fault(account)
             return
         status, payload = sim.handle(url.path, query)
+        self._send(status, json.dumps(payload).encode())
+
+    def do_POST(self) -> None:
+        sim = self.server.sim
+        url = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        form = self.rfile.read(length).decode("utf-8", "replace") if length else ""
+        # Parameters may come in the query (as in Meta's examples) or as a form body.
+        params = {k: v[-1] for k, v in parse_qs(form).items()}
+        params.update({k: v[-1] for k, v in parse_qs(url.query).items()})
+        if sim.latency:
+            time.sleep(sim.latency)
+        status, payload = sim.handle_post(url.path, params)
         self._send(status, json.dumps(payload).encode())
 
     def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
@@ -272,10 +382,53 @@ def demo_accounts() -> list[tuple[str, SimAccount]]:
 
 
 def demo_simulator(latency: float = 0.0) -> Simulator:
-    sim = Simulator(latency=latency)
+    sim = Simulator(latency=latency, container_scale=DEMO_CONTAINER_SCALE,
+                    container_ttl=DEMO_CONTAINER_TTL)
     for _, account in demo_accounts():
         sim.add(account)
     return sim
+
+
+class DemoPublisher:
+    """A publishing pipeline for the demo: creates video containers on the simulator over
+    HTTP and registers each one with the exporter, through the registration API's function.
+    One full cycle of lifecycles at once, so the demo has data within seconds, then one
+    container every `interval` seconds."""
+
+    def __init__(self, base_url: str, register: Callable[[str, str], object],
+                 interval: float = 10.0, version: str = "v1.0"):
+        self.base_url = f"{base_url}/{version}"
+        self.register = register
+        self.interval = interval
+        self._stop = threading.Event()
+        live = [(name, a) for name, a in demo_accounts() if not a.expired]
+        self._accounts = itertools.cycle(live)
+        self._thread = threading.Thread(target=self._run, name="demo-publisher", daemon=True)
+
+    def start(self) -> DemoPublisher:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=5.0) as http:
+            for n in itertools.count():
+                if n >= len(LIFECYCLES) and self._stop.wait(self.interval):
+                    return
+                if self._stop.is_set():
+                    return
+                name, account = next(self._accounts)
+                try:
+                    r = http.post(f"{self.base_url}/{account.user_id}/threads", params={
+                        "media_type": "VIDEO", "video_url": f"https://example.com/demo-{n}.mp4",
+                        "access_token": account.token})
+                    self.register(name, r.raise_for_status().json()["id"])
+                except Exception as e:  # the demo goes on; a real pipeline would retry
+                    log.warning("demo publisher could not create a container",
+                                extra={"account": name, "error": type(e).__name__})
 
 
 def main(argv: list[str] | None = None) -> int:

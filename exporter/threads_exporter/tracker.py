@@ -461,13 +461,14 @@ class ContainerTracker:
         except ApiError as e:
             if e.reason in ACCOUNT_WIDE:
                 blocked.add(row.account)
-            log.info("container poll failed; keeping the last known status", extra={
+            log.debug("container poll failed; keeping the last known status", extra={
                 "account": row.account, "id": row.id, "error": str(e)})
             change = failed(row, e, polled_at, self.policy)
         else:
             change = observed(row, answer, polled_at, self.clock(), self.policy)
             if answer.status != row.status:
-                log.info("container status changed", extra={
+                log.log(logging.INFO if answer.status == ERROR else logging.DEBUG,
+                        "container status changed", extra={
                     "account": row.account, "id": row.id, "from": row.status,
                     "to": answer.status, "error_message": answer.error_message})
         finally:
