@@ -257,6 +257,9 @@ class Simulator:
 class _Handler(BaseHTTPRequestHandler):
     server: SimulatorServer
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: with Nagle on, a keep-alive client's delayed ACK
+    # would add ~40 ms to every answer after the first few.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # request lines carry tokens; the simulator keeps quiet

@@ -420,7 +420,9 @@ class ContainerTracker:
 
     async def _poll_round(self, scope: tuple[str, ...] | None, poll_deadline: float) -> None:
         """Poll due containers, oldest-due first, with a few workers; a worker starts a poll
-        only if it can finish before the deadline, so nothing queues up past it."""
+        only if it can finish before the deadline, so nothing queues up past it. Each worker
+        makes at least one poll, so a deadline shorter than one poll still makes progress
+        (its answer lands after the scrape and shows in the next one)."""
         configured = {a.name for a in self.config.accounts}
         accounts = [a for a in (scope or configured) if a in configured]
         if not accounts:
@@ -436,10 +438,12 @@ class ContainerTracker:
         blocked: set[str] = set()  # accounts failing account-wide in this round
 
         async def worker() -> None:
-            while queue and self.monotonic() + self.latency <= poll_deadline:
+            first = True
+            while queue and (first or self.monotonic() + self.latency <= poll_deadline):
                 row = queue.popleft()
                 if row.account in blocked or row.key in self._inflight:
                     continue
+                first = False
                 try:
                     await self._poll(row, blocked)
                 except Exception:  # one container's bug must not end the round
