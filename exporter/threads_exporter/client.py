@@ -48,6 +48,7 @@ QUOTA_FIELDS: dict[str, tuple[str, str]] = {
     "location_searches": ("location_search_quota_usage", "location_search_config"),
 }
 
+POOL_SIZE = 8  # connections per httpx pool (see ThreadsClient)
 MAX_BODY_BYTES = 1 << 20  # documented answers are tiny; anything bigger is not the API
 _SANE_MAX = 10**12  # larger counts are not a real quota
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -292,28 +293,33 @@ class ApiStats:
 
 
 class ThreadsClient:
-    """Async calls to the Threads API over one shared connection pool."""
+    """Async calls to the Threads API sharing one budget of max_concurrency connections."""
 
     def __init__(self, api: ApiConfig, stats: ApiStats | None = None,
                  transport: httpx.AsyncBaseTransport | None = None):
         self.api = api
         self.stats = stats or ApiStats()
         self._gate = asyncio.Semaphore(api.max_concurrency)
-        limits = httpx.Limits(max_connections=api.max_concurrency,
-                              max_keepalive_connections=api.max_concurrency)
-        self._http = httpx.AsyncClient(
+        # httpcore 1.0's pool does O(connections^2) bookkeeping on every request and response
+        # (encode/httpcore#1035): milliseconds of CPU per call at 64 connections. So the budget
+        # is split into pools of at most POOL_SIZE, and each call takes the one with most room.
+        count = 1 if transport is not None else -(-api.max_concurrency // POOL_SIZE)
+        sizes = [api.max_concurrency // count + (i < api.max_concurrency % count)
+                 for i in range(count)]
+        self._pools = [httpx.AsyncClient(
             base_url=f"{api.base_url}/{api.version}",
-            limits=limits,
+            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
             timeout=api.timeout_seconds,
             transport=transport,
             headers={"User-Agent": "threads-exporter"},
             follow_redirects=False,
-        )
+        ) for size in sizes]
+        self._room = sizes  # free connections per pool; the gate keeps one free somewhere
         # Quota groups each account's token cannot read: (account, token fingerprint) -> groups.
         self._denied: dict[tuple[str, int], frozenset[str]] = {}
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await asyncio.gather(*(pool.aclose() for pool in self._pools))
 
     async def _get(self, account: Account, endpoint: str, path: str, params: dict[str, str],
                    deadline: float, parse: Callable[[bytes], T]) -> T:
@@ -360,15 +366,22 @@ class ThreadsClient:
 
     async def _fetch(self, path: str, params: dict[str, str]
                      ) -> tuple[int, bytes, dict[tuple[str, str], float]]:
-        async with self._http.stream("GET", path, params=params) as response:
-            chunks = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > MAX_BODY_BYTES:
-                    raise ApiError(BAD_RESPONSE, f"response larger than {MAX_BODY_BYTES} bytes")
-                chunks.append(chunk)
-            return response.status_code, b"".join(chunks), parse_usage_headers(response.headers)
+        pool = max(range(len(self._pools)), key=self._room.__getitem__)
+        self._room[pool] -= 1
+        try:
+            async with self._pools[pool].stream("GET", path, params=params) as response:
+                chunks = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > MAX_BODY_BYTES:
+                        raise ApiError(BAD_RESPONSE,
+                                       f"response larger than {MAX_BODY_BYTES} bytes")
+                    chunks.append(chunk)
+                return (response.status_code, b"".join(chunks),
+                        parse_usage_headers(response.headers))
+        finally:
+            self._room[pool] += 1
 
     # --- endpoints ---
 
