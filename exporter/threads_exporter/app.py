@@ -141,7 +141,7 @@ class Exporter:
             return "no config file to reload (demo mode)"
         with self._reload_lock:
             try:
-                config = load_config(self.config_path)
+                config = load_config(self.config_path).for_shard(self.config.shard)
             except ConfigError as e:
                 self.reload_ok = False
                 log.error("config reload failed; keeping the running config",

@@ -20,6 +20,7 @@ from threads_exporter.config import (
     ConfigError,
     ContainersConfig,
     load_config,
+    parse_shard,
 )
 from threads_exporter.logs import LEVELS, setup_logging
 from threads_exporter.server import ExporterHTTPServer, parse_listen_address, serve_in_thread
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scrape.timeout-offset", dest="timeout_offset", type=float, default=0.5,
                    help="seconds kept in reserve from Prometheus' scrape timeout "
                         "(default: %(default)s)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="serve only the accounts whose stable hash falls in shard I of N "
+                        "(0 <= I < N); every shard reads the same config")
     p.add_argument("--log.level", dest="log_level", default="info", choices=list(LEVELS))
     p.add_argument("--log.format", dest="log_format", default="logfmt",
                    choices=["logfmt", "json"])
@@ -108,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             config_path = args.config_file
             config = load_config(config_path)
+        if args.shard is not None:
+            config = config.for_shard(parse_shard(args.shard))
         web = None
         if args.web_config:
             from threads_exporter.webconfig import WebConfigError, load_web_config
@@ -119,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"threads-exporter: {e}", file=sys.stderr)
         return EXIT_CONFIG
     if args.config_check:
-        print(f"{args.config_file}: OK ({len(config.accounts)} accounts)")
+        shard = f" in shard {config.shard}" if config.shard else ""
+        source = "demo config" if args.demo else args.config_file
+        print(f"{source}: OK ({len(config.accounts)} accounts{shard})")
         return 0
 
     try:

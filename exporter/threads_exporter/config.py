@@ -6,9 +6,10 @@ config without reading code. Unknown keys are errors: a typo must not be silentl
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +62,51 @@ class ContainersConfig:
 
 
 @dataclass(frozen=True)
+class Shard:
+    """This instance's part of the accounts: `--shard I/N`, 0 <= I < N."""
+
+    index: int
+    total: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.total}"
+
+    def owner(self, account: str) -> int:
+        # A stable hash (not Python's salted hash()): the same account lands on the same
+        # shard on every host, run and Python version.
+        digest = hashlib.sha256(account.encode()).digest()
+        return int.from_bytes(digest[:8], "big") % self.total
+
+
+def parse_shard(value: str) -> Shard:
+    match = re.fullmatch(r"(\d+)/(\d+)", value.strip())
+    if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
+        raise ConfigError(f"--shard: expected I/N with 0 <= I < N, got {value!r}")
+    return Shard(int(match.group(1)), int(match.group(2)))
+
+
+@dataclass(frozen=True)
 class Config:
     api: ApiConfig = ApiConfig()
     cache_ttl_seconds: float = 60.0
     token_check_interval_seconds: float = 3600.0
     accounts: tuple[Account, ...] = ()
     containers: ContainersConfig = ContainersConfig()
+    shard: Shard | None = None
+    # Accounts of the config that other shards own: name -> owning shard index.
+    elsewhere: dict[str, int] = field(default_factory=dict)
+
+    def for_shard(self, shard: Shard | None) -> Config:
+        """The part of this config that one shard serves."""
+        if shard is None:
+            return self
+        mine = tuple(a for a in self.accounts if shard.owner(a.name) == shard.index)
+        names = {a.name for a in mine}
+        track = tuple(t for t in self.containers.track if t.account in names)
+        return replace(self, accounts=mine, shard=shard,
+                       containers=replace(self.containers, track=track),
+                       elsewhere={a.name: shard.owner(a.name) for a in self.accounts
+                                  if a.name not in names})
 
     def account(self, name: str) -> Account | None:
         return next((a for a in self.accounts if a.name == name), None)

@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 from threads_exporter import __version__
 from threads_exporter.app import Exporter
 from threads_exporter.client import REDACT
-from threads_exporter.config import ACCOUNT_NAME, valid_container_id
+from threads_exporter.config import ACCOUNT_NAME, Config, valid_container_id
 from threads_exporter.store import StoreError
 from threads_exporter.tracker import UnknownAccount
 
@@ -166,10 +166,12 @@ def probe(h: Handler) -> None:
     if len(names) != 1 or not names[0]:
         h.send_text(HTTPStatus.BAD_REQUEST, "exactly one account parameter is required")
         return
-    if h.server.exporter.config.account(names[0]) is None:
+    config = h.server.exporter.config
+    if config.account(names[0]) is None:
         # Echo only what could be an account name: no markup from a query reaches a body.
         shown = repr(names[0]) if ACCOUNT_NAME.fullmatch(names[0]) else "(not a valid name)"
-        h.send_text(HTTPStatus.BAD_REQUEST, f"unknown account {shown}")
+        h.send_text(HTTPStatus.BAD_REQUEST,
+                    elsewhere(config, names[0]) or f"unknown account {shown}")
         return
     metrics(h, names[0])
 
@@ -182,6 +184,7 @@ def landing(h: Handler) -> None:
         "</li>"
         for a in exporter.config.accounts
     ) or "<li>none configured</li>"
+    shard = f" of shard {exporter.config.shard}" if exporter.config.shard else ""
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Threads Exporter</title></head>
 <body>
@@ -192,7 +195,7 @@ Threads accounts, as Prometheus metrics.</p>
 <li><a href="{path}">Metrics</a></li>
 <li><a href="/-/healthy">Health</a> and <a href="/-/ready">readiness</a></li>
 </ul>
-<h2>Accounts</h2>
+<h2>Accounts{shard}</h2>
 <ul>{accounts}</ul>
 </body></html>
 """
@@ -244,6 +247,15 @@ def list_containers(h: Handler) -> None:
     h.send_json(HTTPStatus.OK, {"containers": listing})
 
 
+def elsewhere(config: Config, account: str) -> str | None:
+    """Where to go instead, for an account another shard serves."""
+    owner = config.elsewhere.get(account)
+    if owner is None or config.shard is None:
+        return None
+    return (f"account {account!r} belongs to shard {owner}/{config.shard.total}; this is "
+            f"shard {config.shard}")
+
+
 def register_container(h: Handler) -> None:
     if not _api_authorized(h):
         return
@@ -266,6 +278,10 @@ def register_container(h: Handler) -> None:
     if not valid_container_id(cid):
         h.send_json(HTTPStatus.BAD_REQUEST, {"error": "id: a container id is a string of "
                                              "digits"})
+        return
+    misdirected = elsewhere(h.server.exporter.config, account)
+    if misdirected is not None:
+        h.send_json(HTTPStatus.MISDIRECTED_REQUEST, {"error": misdirected})
         return
     try:
         new, entry = h.server.exporter.register(account, cid)
