@@ -451,11 +451,12 @@ def containers() -> dict[str, Any]:
                            f"{{{SEL}}}[{rate}]))", "{{error_message}}")],
                    (0, 16, 12, 8), stack=True, bars=True),
         bargauge("Failures since exporter start by error_message",
-                 "Total containers that ended in ERROR per account and error_message since "
-                 "the exporter started (the counter's current value).",
+                 "Containers of the selected accounts that ended in ERROR since the exporter "
+                 "started, by error_message (the counters' current value; every documented "
+                 "message is listed, at 0 until it occurs).",
                  "short",
-                 [target(f"sum by (account, error_message) (threads_container_errors_total"
-                         f"{{{SEL}}})", "{{account}} {{error_message}}", instant=True)],
+                 [target(f"sum by (error_message) (threads_container_errors_total"
+                         f"{{{SEL}}})", "{{error_message}}", instant=True)],
                  (12, 16, 12, 8), defaults={"min": 0}),
         timeseries("Processing time percentiles",
                    "Time from registration to FINISHED or ERROR "
