@@ -342,9 +342,9 @@ class ThreadsClient:
             start = time.monotonic()
             reason = None
             try:
-                status, body, usage = await asyncio.wait_for(
-                    self._fetch(path, {**params, "access_token": account.access_token}),
-                    remaining)
+                async with asyncio.timeout(remaining):  # no extra task, unlike wait_for
+                    status, body, usage = await self._fetch(
+                        path, {**params, "access_token": account.access_token})
                 self.stats.record_usage(account.name, usage)
                 error = graph_error(status, body)
                 if error is not None:
