@@ -428,34 +428,45 @@ class ContainerTracker:
         if not accounts:
             return
         workers = max(1, self.client.api.max_concurrency * 3 // 4)  # leave room for quotas
-        room = max(0.0, poll_deadline - self.monotonic())
-        limit = min(MAX_DUE_BATCH, workers * (int(room / max(self.latency, 0.005)) + 1))
-        try:
-            rows = await self._db(self._require().due, self.clock(), limit, sorted(accounts))
-        except StoreError:
-            return
-        queue = deque(r for r in rows if r.key not in self._inflight)
         blocked: set[str] = set()  # accounts failing account-wide in this round
+        first = True
+        # Fetch about as many as the time left allows, poll them, and fetch more while time
+        # remains (the estimate of a poll's latency improves as answers come in).
+        while first or poll_deadline - self.monotonic() >= self.latency:
+            room = max(0.0, poll_deadline - self.monotonic())
+            limit = min(MAX_DUE_BATCH, workers * (int(room / max(self.latency, 0.005)) + 1))
+            try:
+                rows = await self._db(self._require().due, self.clock(), limit,
+                                      sorted(accounts))
+            except StoreError:
+                return
+            queue = deque(r for r in rows
+                          if r.key not in self._inflight and r.account not in blocked)
+            if not queue or self.store_error is not None:
+                return
+            await asyncio.gather(*(self._work(queue, blocked, poll_deadline, first)
+                                   for _ in range(min(workers, len(queue)))))
+            first = False
 
-        async def worker() -> None:
-            first = True
-            while queue and (first or self.monotonic() + self.latency <= poll_deadline):
-                row = queue.popleft()
-                if row.account in blocked or row.key in self._inflight:
-                    continue
-                first = False
-                try:
-                    await self._poll(row, blocked)
-                except Exception:  # one container's bug must not end the round
-                    log.exception("container poll crashed", extra={
-                        "account": row.account, "id": row.id})
-
-        await asyncio.gather(*(worker() for _ in range(min(workers, len(queue)))))
+    async def _work(self, queue: deque[Row], blocked: set[str], poll_deadline: float,
+                    first: bool) -> None:
+        while queue and (first or self.monotonic() + self.latency <= poll_deadline):
+            row = queue.popleft()
+            if row.account in blocked or row.key in self._inflight:
+                continue
+            first = False
+            try:
+                await self._poll(row, blocked)
+            except Exception:  # one container's bug must not end the round
+                log.exception("container poll crashed", extra={
+                    "account": row.account, "id": row.id})
 
     async def _poll(self, row: Row, blocked: set[str]) -> None:
         account = self.config.account(row.account)
         if account is None:
             return
+        # In flight until its result is committed: a due query before that would see the
+        # container as still due and poll it twice.
         self._inflight.add(row.key)
         polled_at = self.clock()
         started = self.monotonic()
@@ -468,6 +479,9 @@ class ContainerTracker:
             log.debug("container poll failed; keeping the last known status", extra={
                 "account": row.account, "id": row.id, "error": str(e)})
             change = failed(row, e, polled_at, self.policy)
+        except BaseException:
+            self._inflight.discard(row.key)
+            raise
         else:
             change = observed(row, answer, polled_at, self.clock(), self.policy)
             if answer.status != row.status:
@@ -476,7 +490,6 @@ class ContainerTracker:
                     "account": row.account, "id": row.id, "from": row.status,
                     "to": answer.status, "error_message": answer.error_message})
         finally:
-            self._inflight.discard(row.key)
             self.latency = 0.8 * self.latency + 0.2 * (self.monotonic() - started)
         self._pending.append(change)
         self._kick()
@@ -493,7 +506,9 @@ class ContainerTracker:
             try:
                 await self._db(self._require().apply, batch)
             except StoreError:
-                return  # lost polls only: the statuses are read again at the next poll
+                pass  # lost polls only: the statuses are read again at the next poll
+            finally:
+                self._inflight.difference_update((c.account, c.id) for c in batch)
 
     async def _flush(self) -> None:
         if self._pending:
