@@ -9,9 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from threads_exporter.app import Exporter
-from threads_exporter.config import parse_config
+from threads_exporter.config import load_config, parse_config
 from threads_exporter.server import ExporterHTTPServer
 
 API_TOKEN = "s3cret-api-token"
@@ -163,3 +164,23 @@ def test_wrong_methods_and_big_bodies(api: tuple[str, Upstream, Exporter]) -> No
     assert r.status_code == 405 and "POST" in r.headers["Allow"]
     r = post(base, content=b"{" + b" " * 100_000 + b"}")
     assert r.status_code == 413
+
+
+def test_reload_adopts_new_tracked_containers(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+
+    def write(track: list[str]) -> None:
+        path.write_text(yaml.safe_dump({
+            "accounts": [{"name": "brand", "access_token": "upstream-token-reload"}],
+            "containers": {"state_path": str(tmp_path / "state.db"),
+                           "track": [{"account": "brand", "id": i} for i in track]}}))
+
+    write(["1"])
+    exporter = Exporter(load_config(path), str(path),
+                        transport=httpx.MockTransport(Upstream()))
+    try:
+        write(["1", "2"])
+        assert exporter.reload() is None
+        assert [c["id"] for c in exporter.containers()] == ["1", "2"]
+    finally:
+        exporter.close()

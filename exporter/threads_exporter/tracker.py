@@ -387,6 +387,8 @@ class ContainerTracker:
                         "previous reading")
         except StoreError:
             pass
+        except Exception:  # a bug here must not cost the quota metrics their scrape
+            log.exception("container tracking failed during a scrape")
         return ContainerSnapshot(store_ok=False, tallies=self._last.tallies)
 
     async def _scrape(self, deadline: float, names: Sequence[str] | None) -> ContainerSnapshot:
