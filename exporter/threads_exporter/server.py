@@ -264,7 +264,7 @@ def register_container(h: Handler) -> None:
         return
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: RecursionError
         payload = None
     if not isinstance(payload, dict):
         h.send_json(HTTPStatus.BAD_REQUEST,
