@@ -161,16 +161,19 @@ def accounts_phase(base: str, args: argparse.Namespace, work: Path) -> tuple[lis
         rows.append(Row("cached /metrics (median of 7)", f"{median * 1000:.0f} ms "
                         f"({len(cached[0].text) // 1024} KiB)", "< 150 ms", median < 0.150))
 
+        start = time.monotonic()
         before = requests_by(scrape(client, url).text, "publishing_limit")
         times, late = concurrent_scrapers(url, args.scrapers, args.duration)
         after = requests_by(scrape(client, url).text, "publishing_limit")
-        per_ttl = max(after[a] - before.get(a, 0) for a in after) / (args.duration / args.ttl)
-        rows.append(Row(f"{args.scrapers} scrapers x {args.duration:.0f} s (TTL {args.ttl:.0f} s):"
-                        " publishing-limit calls per account per TTL (worst account)",
-                        f"{per_ttl:.2f} ({len(times)} scrapes, p50 "
+        window = time.monotonic() - start
+        worst = max(after[a] - before.get(a, 0) for a in after)
+        allowed = math.ceil(window / args.ttl)  # one per TTL interval the window touches
+        rows.append(Row(f"{args.scrapers} scrapers x {args.duration:.0f} s, TTL {args.ttl:.0f} s: "
+                        "publishing-limit calls of the busiest account",
+                        f"{worst:.0f} in {window:.0f} s ({len(times)} scrapes, p50 "
                         f"{statistics.median(times) * 1000:.0f} ms, max {max(times):.2f} s, "
                         f"{late} past deadline)",
-                        "<= 1 per TTL, none late", per_ttl <= 1.0 + 1e-9 and late == 0))
+                        f"<= {allowed} (1 per TTL), none late", worst <= allowed and late == 0))
     return rows, cold.seconds
 
 

@@ -22,6 +22,8 @@ from threads_exporter.simulator import SimAccount, Simulator, SimulatorServer
 
 ACCOUNTS = [f"acct-{i:02d}" for i in range(20)]
 SCRIPT = "<script>alert(1)</script>"
+API_TOKEN = "registration-token-for-abuse-tests"
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,8 @@ def sim() -> Iterator[Simulator]:
 def running(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     path = tmp_path_factory.mktemp("abuse") / "config.yaml"
     write_config(path, sim.base_url,  # type: ignore[attr-defined]
-                 {n: f"tok-{n}" for n in ACCOUNTS}, timeout=5)
+                 {n: f"tok-{n}" for n in ACCOUNTS}, timeout=5,
+                 containers={"api_token": API_TOKEN, "state_path": str(path.with_suffix(".db"))})
     with exporter("--config.file", str(path)) as (_, base):
         yield base
 
@@ -89,7 +92,8 @@ def stalled_clients(base: str, n: int) -> Iterator[None]:
     """n connections that start a request and never finish it."""
     host, port = base.removeprefix("http://").split(":")
     partial = [b"", b"GET /metr", b"GET /metrics HTTP/1.1\r\nHost: x\r\n",
-               b"POST /-/reload HTTP/1.1\r\nContent-Length: 5000\r\n\r\n{"]
+               b"POST /api/v1/containers HTTP/1.1\r\nAuthorization: Bearer " + API_TOKEN.encode()
+               + b"\r\nContent-Length: 5000\r\n\r\n{\"account\":"]
     with ExitStack() as stack:
         for i in range(n):
             s = stack.enter_context(socket.create_connection((host, int(port)), timeout=5))
@@ -166,3 +170,76 @@ def test_unknown_probe_target_is_400_and_not_echoed_raw(tmp_path: Path) -> None:
         r = httpx.get(base + "/probe", params={"account": "missing.one"}, timeout=10)
         assert r.status_code == 400 and "missing.one" in r.text
         assert httpx.get(base + "/probe", timeout=10).status_code == 400
+
+
+def post(base: str, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(base + "/api/v1/containers", content=body, timeout=10,
+                      headers={**AUTH, "Content-Type": "application/json", **(headers or {})})
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    (b'{"account": "acct-00"', 400),  # truncated JSON
+    (b"[1, 2]", 400),
+    (b'"just a string"', 400),
+    (b"\xff\xfe\x00garbage", 400),
+    (b"", 400),
+    (b"[" * 30000 + b"]" * 30000, 400),  # nesting deeper than the parser's recursion limit
+    (b'{"account": "acct-00"}', 400),
+    (b'{"account": "acct-00", "id": 17889615691921648}', 400),  # a number, not a string
+    (b'{"account": "acct-00", "id": "1788961569192164x"}', 400),
+    (b'{"account": "acct-00", "id": "../../1"}', 400),
+    (b'{"account": "acct-00", "id": ""}', 400),
+    (b'{"account": "acct-00", "id": "' + b"1" * 65 + b'"}', 400),
+    (b'{"account": ["acct-00"], "id": "1"}', 400),
+    (b'{"account": "' + SCRIPT.encode() + b'", "id": "1"}', 404),
+    (b'{"account": "nobody", "id": "1"}', 404),
+])
+def test_registration_api_rejects_malformed_bodies(running: str, sim: Simulator, body: bytes,
+                                                    status: int) -> None:
+    containers_before = sim.calls.get("container", 0)
+    r = post(running, body)
+    assert r.status_code == status, r.text
+    assert "<script" not in r.text.lower()
+    assert r.json()["error"]
+    # Nothing invalid was sent upstream.
+    assert sim.calls.get("container", 0) == containers_before
+
+
+@pytest.mark.parametrize(("headers", "status"), [
+    ({"Authorization": ""}, 401),
+    ({"Authorization": "Bearer wrong"}, 401),
+    ({"Authorization": f"Basic {API_TOKEN}"}, 401),
+    ({"Authorization": f"Bearer {API_TOKEN}x"}, 401),
+    ({"Content-Length": "10000000"}, 413),
+    ({"Content-Length": "-5"}, 400),
+    ({"Content-Length": "many"}, 400),
+    ({"Transfer-Encoding": "chunked"}, 400),
+])
+def test_registration_api_auth_and_size_limits(running: str, headers: dict[str, str],
+                                               status: int) -> None:
+    body = b'{"account": "acct-00", "id": "1"}'
+    extra = "\r\n".join(f"{k}: {v}" for k, v in {**AUTH, "Content-Length": str(len(body)),
+                                                  **headers}.items())
+    # Sent raw: an honest client cannot send a Content-Length that disagrees with its body.
+    answer = raw(running, f"POST /api/v1/containers HTTP/1.1\r\nHost: x\r\n{extra}\r\n"
+                          "Connection: close\r\n\r\n".encode() + body)
+    assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer[:300]
+    assert API_TOKEN.encode() not in answer
+
+
+def test_registration_api_body_limit_without_sending_the_body(running: str) -> None:
+    # The size is judged from the headers: 413 comes back although no byte of the body was sent.
+    answer = raw(running, b"POST /api/v1/containers HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                          b"Bearer " + API_TOKEN.encode() + b"\r\nContent-Length: 1000000000\r\n"
+                          b"\r\n", timeout=10)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+
+
+def test_registration_api_accepts_a_good_body_after_all_that(running: str) -> None:
+    cid = "17889615691921648"
+    assert post(running, b'{"account": "acct-01", "id": "%s"}' % cid.encode()).status_code \
+        in (200, 201)
+    assert post(running, b'{"account": "acct-01", "id": "%s"}' % cid.encode()).status_code \
+        == 200
+    listing = httpx.get(running + "/api/v1/containers", headers=AUTH, timeout=10).json()
+    assert any(c["id"] == cid for c in listing["containers"])

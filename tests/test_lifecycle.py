@@ -4,6 +4,7 @@ POST /-/reload with bad and good configs."""
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -12,7 +13,14 @@ from pathlib import Path
 import httpx
 
 from graph_double import GraphDouble, hang, healthy, json_logs, samples, value, write_config
-from procs import exporter
+from procs import Proc, exporter, free_port, wait_http
+
+# Runs the exporter with a file size limit: every write past it fails with EFBIG, as writes
+# to a full disk fail with ENOSPC. SIGXFSZ is ignored so the write fails instead of killing.
+FULL_DISK = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+             "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]),) * 2); "
+             "os.execv(sys.executable, [sys.executable, '-m', 'threads_exporter', "
+             "*sys.argv[2:]])")
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -109,3 +117,39 @@ def test_reload_keeps_the_old_config_when_the_new_one_is_bad(tmp_path: Path) -> 
             found = metrics(base)
             assert value(found, "threads_up", account="a") is None
             assert value(found, "threads_config_last_reload_successful") == 1
+
+
+def test_full_disk_for_the_store_keeps_quota_metrics(tmp_path: Path) -> None:
+    with GraphDouble({"tok-a": healthy(1)}) as double:
+        config = write_config(tmp_path / "config.yaml", double.base_url, {"a": "tok-a"},
+                              containers={"api_token": "reg-token",
+                                          "state_path": str(tmp_path / "state.db")})
+        port = free_port()
+        proc = Proc([sys.executable, "-c", FULL_DISK, str(256 * 1024), "--config.file",
+                     str(config), "--web.listen-address", f"127.0.0.1:{port}",
+                     "--log.format", "json"], cwd=tmp_path)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(base + "/-/ready", 30)
+            auth = {"Authorization": "Bearer reg-token"}
+            answers = []
+            for i in range(2000):
+                r = httpx.post(base + "/api/v1/containers", headers=auth, timeout=10,
+                               json={"account": "a", "id": str(10**15 + i)})
+                answers.append(r)
+                if r.status_code != 201:
+                    break
+            refused = answers[-1]
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]  # says what is wrong with the disk
+            assert len(answers) > 1  # it worked until the disk filled up
+            found = metrics(base)
+            assert value(found, "threads_up", account="a") == 1
+            assert value(found, "threads_quota_usage", account="a", quota="posts") == 2
+            assert value(found, "threads_container_store_up") == 0
+            proc.popen.send_signal(signal.SIGTERM)
+            assert proc.popen.wait(15) == 0
+            logs = list(json_logs(proc.output()))
+        finally:
+            proc.stop()
+    assert any(line.get("level") in ("warn", "error") and "error" in line for line in logs)

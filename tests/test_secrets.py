@@ -1,0 +1,157 @@
+"""Secrets: with known token strings and --log.level debug, walk every code path the other
+suites exercise (healthy and failing upstream answers, probe, landing page, reload good and
+bad, by HTTP and SIGHUP, registration API, 4xx answers, shutdown) and find the tokens in no
+log line, no HTTP response (headers included) and no metric. Plus: the registration token is
+checked with hmac.compare_digest, whose verdict alone decides."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import signal
+import time
+from pathlib import Path
+from unittest import mock
+
+import httpx
+import yaml
+
+from graph_double import (
+    GraphDouble,
+    body,
+    graph_error,
+    hang,
+    healthy,
+    huge,
+    reset_mid_body,
+)
+from procs import exporter
+from threads_exporter import server as server_module
+from threads_exporter.app import Exporter
+from threads_exporter.config import Account, ApiConfig, Config, ContainersConfig
+from threads_exporter.server import ExporterHTTPServer, serve_in_thread
+
+RANDOM = secrets.token_hex(8)
+TOKENS = {name: f"SECRET-TOKEN-{name}-{RANDOM}" for name in (
+    "healthy", "expired", "echoes", "throttled", "no-delete", "html", "not-json", "huge",
+    "reset", "hang")}
+API_TOKEN = f"SECRET-API-{RANDOM}"
+
+
+def behaviours() -> dict:
+    t = TOKENS
+    return {
+        t["healthy"]: healthy(1),
+        t["expired"]: graph_error(400, 190, "Session has expired", error_subcode=463),
+        # An upstream that quotes the token back in its error message.
+        t["echoes"]: graph_error(400, 190, f"Invalid OAuth access token {t['echoes']}"),
+        t["throttled"]: graph_error(400, 4, "(#4) Application request limit reached",
+                                    is_transient=True),
+        t["no-delete"]: graph_error(500, 10, "(#10) no permission", deny="delete_quota_usage"),
+        t["html"]: body(502, b"<html>Bad Gateway</html>", "text/html"),
+        t["not-json"]: body(200, f"oops {t['not-json']}".encode(), "text/plain"),
+        t["huge"]: huge(4),
+        t["reset"]: reset_mid_body,
+        t["hang"]: hang,
+    }
+
+
+def config_text(base_url: str, *, extra_account: str | None = None) -> str:
+    accounts = [{"name": n, "access_token": t} for n, t in TOKENS.items()]
+    if extra_account:
+        accounts.append({"name": extra_account, "access_token": TOKENS["healthy"]})
+    return yaml.safe_dump({
+        "api": {"base_url": base_url, "timeout_seconds": 1},
+        "accounts": accounts,
+        "containers": {"api_token": API_TOKEN, "state_path": "state.db"},
+    })
+
+
+def test_tokens_appear_nowhere(tmp_path: Path) -> None:
+    seen: list[str] = []  # every response, status line, headers and body
+
+    def record(r: httpx.Response) -> httpx.Response:
+        seen.append(f"{r.status_code} {r.headers}\n{r.text}")
+        return r
+
+    with GraphDouble(behaviours()) as double:
+        path = tmp_path / "config.yaml"
+        path.write_text(config_text(double.base_url))
+        with exporter("--config.file", str(path), "--log.level", "debug", cwd=tmp_path) \
+                as (proc, base), httpx.Client(base_url=base, timeout=20) as c:
+            api = {"Authorization": f"Bearer {API_TOKEN}"}
+            scrape = {"X-Prometheus-Scrape-Timeout-Seconds": "5"}
+            record(c.get("/metrics", headers=scrape))
+            record(c.get("/metrics", headers=scrape))  # cached, and backoff paths
+            for name in TOKENS:
+                record(c.get("/probe", params={"account": name}, headers=scrape))
+            for path_ in ("/", "/-/healthy", "/-/ready", f"/{TOKENS['healthy']}",
+                          f"/metrics?access_token={TOKENS['healthy']}"):
+                record(c.get(path_))
+            record(c.get("/probe", params={"account": TOKENS["healthy"]}))
+            record(c.post("/api/v1/containers", json={"account": "healthy", "id": "1"},
+                          headers=api))
+            record(c.post("/api/v1/containers",
+                          json={"account": TOKENS["healthy"], "id": "2"}, headers=api))
+            record(c.post("/api/v1/containers", json={"account": "healthy", "id": "2"},
+                          headers={"Authorization": f"Bearer {TOKENS['healthy']}"}))
+            record(c.get("/api/v1/containers", headers=api))
+            record(c.get("/api/v1/containers", params={"account": API_TOKEN}, headers=api))
+            # A bad config whose error would quote a token (user_id and token swapped).
+            good = path.read_text()
+            path.write_text(good.replace("name: healthy", f"name: healthy\n  user_id: "
+                                                          f"{TOKENS['healthy']}", 1))
+            reload_failed = record(c.post("/-/reload"))
+            assert reload_failed.status_code == 400
+            proc.popen.send_signal(signal.SIGHUP)
+            time.sleep(0.5)
+            path.write_text(config_text(double.base_url, extra_account="added"))
+            assert record(c.post("/-/reload")).status_code == 200
+            record(c.get("/metrics", headers=scrape))
+            proc.popen.send_signal(signal.SIGTERM)
+            assert proc.popen.wait(15) == 0
+            logs = proc.output()
+        metrics = seen[0]
+
+    # The paths above really ran: failures were logged, at debug level too.
+    assert "quota reading failed" in logs and "level=debug" in logs
+    assert "config reload failed" in logs
+    assert 'threads_up{account="healthy"} 1.0' in metrics
+    for where, text in {"logs": logs, **{f"response {i}": s for i, s in enumerate(seen)}}.items():
+        for secret in [*TOKENS.values(), API_TOKEN]:
+            # The random part alone would show a partly masked token too.
+            assert secret not in text and RANDOM not in text, f"{where} leaks {secret}"
+
+
+def test_registration_token_is_compared_with_compare_digest(tmp_path: Path) -> None:
+    config = Config(api=ApiConfig(base_url="http://127.0.0.1:9"),
+                    accounts=(Account("a", "me", "tok-a"),),
+                    containers=ContainersConfig(api_token=API_TOKEN,
+                                                state_path=str(tmp_path / "s.db")))
+    app = Exporter(config)
+    http = ExporterHTTPServer(("127.0.0.1", 0), app, None)
+    serve_in_thread(http)
+    url = f"http://127.0.0.1:{http.server_address[1]}/api/v1/containers"
+    calls: list[tuple[object, object]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    try:
+        with mock.patch.object(server_module.hmac, "compare_digest", spy):
+            ok = httpx.get(url, headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=10)
+            wrong = httpx.get(url, headers={"Authorization": "Bearer nope"}, timeout=10)
+        assert (ok.status_code, wrong.status_code) == (200, 401)
+        assert (API_TOKEN.encode(), API_TOKEN.encode()) in calls
+        assert len(calls) == 2
+        # Its verdict alone decides: no other comparison lets the right token in.
+        with mock.patch.object(server_module.hmac, "compare_digest", lambda a, b: False):
+            refused = httpx.get(url, headers={"Authorization": f"Bearer {API_TOKEN}"},
+                                timeout=10)
+        assert refused.status_code == 401
+    finally:
+        http.shutdown()
+        http.server_close()
+        app.close()
