@@ -7,14 +7,17 @@ import time
 from procs import exporter, prom_query, prometheus
 
 
-def wait_for(url: str, expr: str, timeout: float = 30.0) -> list[dict]:
+def wait_for(url: str, expr: str, series: int = 1, timeout: float = 30.0) -> list[dict]:
+    """The query's result once it holds at least `series` series."""
     end = time.monotonic() + timeout
+    result: list[dict] = []
     while time.monotonic() < end:
         result = prom_query(url, expr)
-        if result:
+        if len(result) >= series:
             return result
         time.sleep(0.5)
-    raise AssertionError(f"{expr} returned nothing within {timeout}s")
+    raise AssertionError(f"{expr} returned {len(result)} series within {timeout}s, "
+                         f"wanted {series}")
 
 
 def test_quota_usage_arrives_in_prometheus():
@@ -33,8 +36,8 @@ def test_quota_usage_arrives_in_prometheus():
             assert {r["metric"]["quota"] for r in usage} == {
                 "posts", "replies", "deletes", "location_searches"}
             assert all(0 <= float(r["value"][1]) <= 1000 for r in usage)
-            up = wait_for(url, 'threads_up{job="threads-probe"}')
+            up = wait_for(url, 'threads_up{job="threads-probe"}', series=2)
             assert {r["metric"]["instance"]: r["value"][1] for r in up} == {
                 "brand": "1", "expired": "0"}
-            scrape = wait_for(url, 'up{job=~"threads-.*"}')
+            scrape = wait_for(url, 'up{job=~"threads-.*"}', series=3)
             assert {r["value"][1] for r in scrape} == {"1"}

@@ -27,6 +27,7 @@ from cryptography.x509.oid import NameOID
 
 from procs import exporter, exporter_cmd, wait_http
 from threads_exporter import webconfig
+from threads_exporter.simulator import DEMO_API_TOKEN
 from threads_exporter.webconfig import WebConfig, WebConfigError, load_web_config
 
 PROMTOOL = shutil.which("promtool")
@@ -562,6 +563,14 @@ def test_exporter_serves_https_with_basic_auth(pki: Pki):
         assert get(https + "/metrics", ctx, auth=("prometheus", "wrong")).status_code == 401
         with pytest.raises(httpx.HTTPError):
             get(base + "/metrics", auth=("prometheus", "s3cret"))
+        # The registration API answers its own bearer token; basic auth cannot ride along.
+        bearer = {"Authorization": f"Bearer {DEMO_API_TOKEN}"}
+        listing = httpx.get(https + "/api/v1/containers", headers=bearer, verify=ctx)
+        assert listing.status_code == 200, listing.text
+        wrong = httpx.get(https + "/api/v1/containers", verify=ctx,
+                          headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        assert get(https + "/api/v1/containers", ctx).status_code == 401
 
 
 @needs_promtool

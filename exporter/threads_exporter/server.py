@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
+CONTAINERS_PATH = "/api/v1/containers"
 REQUEST_READ_TIMEOUT = 30.0  # a client that stalls mid-request is dropped after this
 
 
@@ -122,7 +123,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def dispatch(self) -> None:
         web = self.server.web
-        if web is not None and not web.authorized(self.headers.get("Authorization")):
+        authorization = self.headers.get("Authorization")
+        # The registration API has its own bearer token, checked by its routes; one
+        # Authorization header cannot carry both that and basic-auth credentials.
+        own_auth = (self.path_only == CONTAINERS_PATH
+                    and (authorization or "").lower().startswith("bearer "))
+        if web is not None and not own_auth and not web.authorized(authorization):
             self.send(HTTPStatus.UNAUTHORIZED, b"Unauthorized\n",
                       headers={"WWW-Authenticate": 'Basic realm="threads-exporter"'})
             return
@@ -314,7 +320,7 @@ class ExporterHTTPServer(ThreadingHTTPServer):
             "/-/healthy": {"GET": healthy},
             "/-/ready": {"GET": ready},
             "/-/reload": {"POST": reload, "PUT": reload},
-            "/api/v1/containers": {"GET": list_containers, "POST": register_container},
+            CONTAINERS_PATH: {"GET": list_containers, "POST": register_container},
         }
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
