@@ -196,7 +196,7 @@ def _draw(ax: Any, p: dict[str, Any], prom: Prometheus, values: dict[str, str], 
                 ys = [float(v) for _, v in s["values"]]
                 series.append((legend(t.get("legendFormat", ""), s["metric"]), xs, ys))
         factor, label = _scale(unit, [y for _, _, ys in series for y in ys])
-        for name, xs, ys in series[:12]:
+        for name, xs, ys in series[:16]:
             ax.plot(xs, [y * factor for y in ys], linewidth=1, label=name)
         for th in thresholds:
             ax.axhline(th * factor, linestyle="--", color="grey", linewidth=0.8)
