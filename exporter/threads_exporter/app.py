@@ -11,7 +11,7 @@ import logging
 import platform
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -69,6 +69,7 @@ class Exporter:
         self.config_path = config_path
         self.timeout_offset = timeout_offset
         self.reload_ok = True
+        self._render_reserve = 0.0  # seconds the last expositions took to build and encode
         self._transport = transport
         self._reload_lock = threading.Lock()
         REDACT.set_secrets(config.secrets())
@@ -97,10 +98,27 @@ class Exporter:
 
     def scrape(self, scrape_timeout_header: str | None = None,
                account: str | None = None) -> list[Metric]:
-        budget = scrape_budget(scrape_timeout_header, self.timeout_offset)
+        return self._families(self._wait(scrape_timeout_header, account), account)
+
+    def exposition(self, scrape_timeout_header: str | None, account: str | None,
+                   encode: Callable[[list[Metric]], T]) -> T:
+        """A scrape, encoded. The time encoding took is kept in reserve from later scrapes'
+        budgets, so a large exposition still reaches Prometheus before its timeout."""
+        snapshot = self._wait(scrape_timeout_header, account)
+        start = time.monotonic()
+        encoded = encode(self._families(snapshot, account))
+        # A decaying maximum: one slow render is remembered for a while, not for ever.
+        self._render_reserve = max(time.monotonic() - start, self._render_reserve * 0.8)
+        return encoded
+
+    def _wait(self, scrape_timeout_header: str | None, account: str | None) -> Snapshot:
+        budget = scrape_budget(scrape_timeout_header,
+                               self.timeout_offset + self._render_reserve)
         deadline = time.monotonic() + budget
         names = None if account is None else [account]
-        snapshot = self.call(self._snapshot(deadline, names), timeout=budget + 5)
+        return self.call(self._snapshot(deadline, names), timeout=budget + 5)
+
+    def _families(self, snapshot: Snapshot, account: str | None) -> list[Metric]:
         families = quota_families(snapshot.readings)
         if account is not None:
             return (families + api_families(snapshot.stats, {account})

@@ -156,15 +156,16 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def metrics(h: Handler, account: str | None = None) -> None:
-    families = h.server.exporter.scrape(h.headers.get("X-Prometheus-Scrape-Timeout-Seconds"),
-                                        account)
     encoder, content_type = choose_encoder(h.headers.get("Accept") or "")
-    body = encoder(_Families(families))
-    headers = {}
-    if "gzip" in (h.headers.get("Accept-Encoding") or ""):
-        body = gzip.compress(body, compresslevel=5)
-        headers["Content-Encoding"] = "gzip"
-    h.send(HTTPStatus.OK, body, content_type, headers)
+    compress = "gzip" in (h.headers.get("Accept-Encoding") or "")
+
+    def encode(families: list[Any]) -> bytes:
+        body = encoder(_Families(families))
+        return gzip.compress(body, compresslevel=5) if compress else body
+
+    body = h.server.exporter.exposition(h.headers.get("X-Prometheus-Scrape-Timeout-Seconds"),
+                                        account, encode)
+    h.send(HTTPStatus.OK, body, content_type, {"Content-Encoding": "gzip"} if compress else {})
 
 
 def probe(h: Handler) -> None:

@@ -1,0 +1,56 @@
+"""The exporter's scrape path in-process: deadline and render reserve."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from threads_exporter.app import Exporter, scrape_budget
+from threads_exporter.config import Account, ApiConfig, Config
+
+
+async def never_answers(request: httpx.Request) -> httpx.Response:
+    await asyncio.sleep(60)
+    return httpx.Response(500)
+
+
+@pytest.fixture
+def hanging_exporter():
+    config = Config(api=ApiConfig(base_url="http://threads.test", timeout_seconds=30),
+                    accounts=(Account("slow", "me", "token"),))
+    exporter = Exporter(config, transport=httpx.MockTransport(never_answers))
+    yield exporter
+    exporter.close()
+
+
+@pytest.mark.parametrize(
+    ("header", "budget"),
+    [("10", 9.5), ("2.5", 2.0), (None, 9.5), ("soon", 9.5), ("-3", 9.5), ("nan", 9.5),
+     ("0.2", 0.05), ("100000", 299.5)],
+)
+def test_scrape_budget_is_prometheus_timeout_minus_offset(header, budget):
+    assert scrape_budget(header, 0.5) == pytest.approx(budget)
+
+
+def test_unfinished_account_answers_at_the_deadline_as_timeout(hanging_exporter):
+    start = time.monotonic()
+    families = {f.name: f for f in hanging_exporter.scrape("1.5")}
+    assert time.monotonic() - start < 1.5
+    assert [s.value for s in families["threads_up"].samples] == [0]
+    reasons = [s.labels["reason"] for s in families["threads_last_error_reason"].samples]
+    assert reasons == ["timeout"]
+
+
+def test_slow_encoding_is_kept_in_reserve_so_answers_stay_in_time(hanging_exporter):
+    def slow_encode(families: list) -> bytes:
+        time.sleep(0.6)
+        return b"encoded"
+
+    hanging_exporter.exposition("2", None, slow_encode)  # learns how long encoding takes
+    start = time.monotonic()
+    assert hanging_exporter.exposition("2", None, slow_encode) == b"encoded"
+    # Without the reserve: 1.5 s waiting for the account plus 0.6 s encoding, past 2 s.
+    assert time.monotonic() - start < 2.0
