@@ -201,7 +201,7 @@ def test_config_check_accepts_a_good_config(tmp_path):
 def test_missing_default_config_is_a_clear_error(tmp_path):
     result = run_cli(cwd=tmp_path)
     assert result.returncode == 1
-    assert "config.yaml: no such file" in result.stderr
+    assert "--config.file: no such file: config.yaml" in result.stderr
 
 
 def test_bad_flag_exits_1():

@@ -210,13 +210,18 @@ def _expand(value: str, path: str, env: dict[str, str]) -> str:
     return _VAR.sub(sub, value)
 
 
-def _read_secret_file(path: str, where: str) -> str:
+def _read_file(path: str | Path, where: str) -> str:
+    """A file's text; errors start with `where`, the field naming the file or the file."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{where}: no such file: {path}") from None
     except OSError as e:
         raise ConfigError(f"{where}: cannot read {path}: {e.strerror}") from None
+
+
+def _read_secret_file(path: str, where: str) -> str:
+    text = _read_file(path, where)
     first = text.splitlines()[0].strip() if text.strip() else ""
     if not first:
         raise ConfigError(f"{where}: file is empty: {path}")
@@ -347,12 +352,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None) -> Config:
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    text = _read_file(path, "--config.file")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
