@@ -99,15 +99,23 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(args.log_level, args.log_format)
+    simulator = SimulatorServer(demo_simulator()).start() if args.demo else None
+    demo_dir = tempfile.mkdtemp(prefix="threads-exporter-demo-") if args.demo else None
+    try:
+        return run(args, simulator, demo_dir)
+    finally:
+        if simulator is not None:
+            simulator.stop()
+        if demo_dir is not None:
+            shutil.rmtree(demo_dir, ignore_errors=True)
 
-    simulator = None
-    demo_dir = None
+
+def run(args: argparse.Namespace, simulator: SimulatorServer | None,
+        demo_dir: str | None) -> int:
     config_path: str | None = None
     try:
         address = parse_listen_address(args.listen)
-        if args.demo:
-            simulator = SimulatorServer(demo_simulator()).start()
-            demo_dir = tempfile.mkdtemp(prefix="threads-exporter-demo-")
+        if simulator is not None:
             config = demo_config(simulator.base_url, f"{demo_dir}/containers.db")
         else:
             config_path = args.config_file
@@ -126,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.config_check:
         shard = f" in shard {config.shard}" if config.shard else ""
-        source = "demo config" if args.demo else args.config_file
+        source = "demo config" if simulator is not None else args.config_file
         print(f"{source}: OK ({len(config.accounts)} accounts{shard})")
         return 0
 
@@ -167,8 +175,4 @@ def main(argv: list[str] | None = None) -> int:
     server.shutdown()
     server.server_close()
     exporter.close()
-    if simulator is not None:
-        simulator.stop()
-    if demo_dir is not None:
-        shutil.rmtree(demo_dir, ignore_errors=True)
     return 0
