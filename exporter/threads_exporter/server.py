@@ -201,6 +201,9 @@ Threads accounts, as Prometheus metrics.</p>
 <ul>
 <li><a href="{path}">Metrics</a></li>
 <li><a href="/-/healthy">Health</a> and <a href="/-/ready">readiness</a></li>
+<li>Media containers: <code>{CONTAINERS_PATH}</code> (<code>GET</code> lists,
+<code>POST {{"account", "id"}}</code> registers; bearer token from
+<code>containers.api_token</code>)</li>
 </ul>
 <h2>Accounts{shard}</h2>
 <ul>{accounts}</ul>
