@@ -17,6 +17,7 @@ from threads_exporter.client import (
     REDACT,
     ApiError,
     ApiStats,
+    Gate,
     Quota,
     ThreadsClient,
     graph_error,
@@ -325,6 +326,69 @@ def test_concurrency_never_exceeds_max_concurrency():
     results, _ = run(handler, many, max_concurrency=4)
     assert len(results) == 30
     assert peak == 4
+
+
+def test_quota_readings_go_before_due_polls_and_polls_never_take_the_last_slot():
+    started: list[str] = []
+    active = {"poll": 0, "reading": 0}
+    peak = {"poll": 0, "all": 0}
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        kind = "reading" if request.url.path.endswith("_limit") else "poll"
+        started.append(kind)
+        active[kind] += 1
+        peak["poll"] = max(peak["poll"], active["poll"])
+        peak["all"] = max(peak["all"], sum(active.values()))
+        await asyncio.sleep(0.05)
+        active[kind] -= 1
+        if kind == "reading":
+            return httpx.Response(200, json={"data": [full_row()]})
+        return httpx.Response(200, json={"status": "IN_PROGRESS"})
+
+    async def both(client: ThreadsClient):
+        polls = [asyncio.create_task(client.container_status(ACCOUNT, str(10**9 + i),
+                                                             deadline()))
+                 for i in range(100)]
+        await asyncio.sleep(0.01)  # every poll slot busy, 85 polls waiting
+        begun = len(started)
+        start = time.monotonic()
+        first = asyncio.create_task(client.read_quotas(Account("a0", "me", "t0"), deadline()))
+        await asyncio.sleep(0.005)
+        assert started[begun:] == ["reading"]  # at once, on the slot polls never take
+        rest = [client.read_quotas(Account(f"a{i}", "me", f"t{i}"), deadline())
+                for i in range(1, 6)]
+        await asyncio.gather(first, *rest)
+        took = time.monotonic() - start
+        await asyncio.gather(*polls)
+        return begun, took
+
+    (begun, took), _ = run(handler, both, max_concurrency=16)
+    assert begun == 15 and peak["poll"] == 15 and peak["all"] <= 16
+    # The waiting readings took the next freed slots, ahead of the 85 polls due before them.
+    assert started[begun:begun + 6] == ["reading"] * 6
+    assert took < 0.15  # one in-flight poll's latency, not the backlog's (85 x 0.05 / 15)
+
+
+def test_gate_hands_a_slot_on_when_its_waiter_is_cancelled():
+    async def main():
+        gate = Gate(2, reserved=1)
+        await gate.acquire(poll=True)
+        poll = asyncio.create_task(gate.acquire(poll=True))  # the one poll slot is taken
+        await gate.acquire(poll=False)
+        readings = [asyncio.create_task(gate.acquire(poll=False)) for _ in range(2)]
+        await asyncio.sleep(0)
+        gate.release(poll=True)
+        readings[0].cancel()  # handed the slot, cancelled before it ran: passed on
+        await asyncio.gather(readings[0], return_exceptions=True)
+        assert readings[1].done() and not poll.done()
+        poll.cancel()  # cancelled while waiting: forgotten
+        await asyncio.gather(poll, return_exceptions=True)
+        gate.release(poll=False)
+        gate.release(poll=False)
+        for _ in range(2):  # nothing leaked: both slots are free again
+            await asyncio.wait_for(gate.acquire(poll=False), 0.1)
+
+    asyncio.run(main())
 
 
 def test_container_id_must_be_digits_before_any_call():

@@ -196,7 +196,7 @@ def test_upstream_slower_than_the_scrape_starts_only_what_can_run(tmp_path: Path
             assert time.monotonic() - start < 1.0
             assert families["threads_up"].samples[0].value == 1
         # One poll per worker was started and is still running; nothing queued behind them.
-        assert 0 < upstream.in_flight <= 12
+        assert 0 < upstream.in_flight <= 15  # one slot of 16 kept for quota readings
         assert sum(upstream.polls.values()) == 0
     finally:
         exp.close()

@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +109,13 @@ class Config:
                        elsewhere={a.name: shard.owner(a.name) for a in self.accounts
                                   if a.name not in names})
 
+    @cached_property
+    def _by_name(self) -> dict[str, Account]:
+        return {a.name: a for a in self.accounts}
+
     def account(self, name: str) -> Account | None:
-        return next((a for a in self.accounts if a.name == name), None)
+        # A dict: the tracker looks an account up for every container poll.
+        return self._by_name.get(name)
 
     def secrets(self) -> list[str]:
         """Every secret string in this config, for redaction."""

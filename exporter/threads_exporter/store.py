@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import sqlite3
 import threading
@@ -118,6 +119,16 @@ def _row(values: Sequence[Any]) -> Row:
     return Row(**d)
 
 
+@functools.cache
+def _update(columns: tuple[str, ...]) -> str:
+    """The compare-and-set UPDATE of some columns (a handful of sets: built once each)."""
+    bad = set(columns) - _SETTABLE
+    if bad:
+        raise ValueError(f"not settable: {sorted(bad)}")
+    return (f"UPDATE containers SET {', '.join(f'{k} = ?' for k in columns)} "
+            "WHERE account = ? AND id = ? AND status IS ? AND polls = ?")
+
+
 def _encode(column: str, value: Any) -> Any:
     return ",".join(sorted(value)) if column == "reached" else value
 
@@ -219,15 +230,9 @@ class Store:
         applied = 0
         with self._tx() as db:
             for c in changes:
-                bad = set(c.fields) - _SETTABLE
-                if bad:
-                    raise ValueError(f"not settable: {sorted(bad)}")
-                columns = list(c.fields)
-                cur = db.execute(
-                    f"UPDATE containers SET {', '.join(f'{k} = ?' for k in columns)} "
-                    "WHERE account = ? AND id = ? AND status IS ? AND polls = ?",
-                    [*(_encode(k, c.fields[k]) for k in columns),
-                     c.account, c.id, c.expect_status, c.expect_polls])
+                cur = db.execute(_update(tuple(c.fields)),
+                                 [*(_encode(k, v) for k, v in c.fields.items()),
+                                  c.account, c.id, c.expect_status, c.expect_polls])
                 if cur.rowcount != 1:
                     continue  # changed meanwhile (or pruned): its counters must not count
                 applied += 1

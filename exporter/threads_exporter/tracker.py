@@ -429,7 +429,7 @@ class ContainerTracker:
         accounts = [a for a in (scope or configured) if a in configured]
         if not accounts:
             return
-        workers = max(1, self.client.api.max_concurrency * 3 // 4)  # leave room for quotas
+        workers = self.client.gate.poll_slots  # the client keeps the rest for quotas
         blocked: set[str] = set()  # accounts failing account-wide in this round
         first = True
         # Fetch about as many as the time left allows, poll them, and fetch more while time
