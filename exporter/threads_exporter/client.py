@@ -374,7 +374,7 @@ class ThreadsClient:
                  transport: httpx.AsyncBaseTransport | None = None):
         self.api = api
         self.stats = stats or ApiStats()
-        self.gate = Gate(api.max_concurrency, reserved=max(1, api.max_concurrency // 16))
+        self.gate = Gate(api.max_concurrency, reserved=max(1, api.max_concurrency // 32))
         # httpcore 1.0's pool does O(connections^2) bookkeeping on every request and response
         # (encode/httpcore#1035): milliseconds of CPU per call at 64 connections. So the budget
         # is split into pools of at most POOL_SIZE, and each call takes the one with most room.
