@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import shutil
 import subprocess
 import threading
@@ -200,3 +201,53 @@ def test_upstream_slower_than_the_scrape_starts_only_what_can_run(tmp_path: Path
         assert sum(upstream.polls.values()) == 0
     finally:
         exp.close()
+
+
+class JitteryUpstream(SlowUpstream):
+    """Answers spread out in time (10-30 ms), as real ones are, not in lockstep waves."""
+
+    @property
+    def latency(self) -> float:
+        return random.uniform(0.5, 1.5) * self._latency
+
+    @latency.setter
+    def latency(self, value: float) -> None:
+        self._latency = value
+
+
+def test_a_probe_is_not_held_up_by_another_scrape_still_polling(tmp_path: Path) -> None:
+    """A scrape waits for the commit of what was polled before it reports, not for results
+    that a concurrent scrape's round keeps producing."""
+    config = parse_config({
+        "api": {"max_concurrency": 16},
+        "accounts": [{"name": n, "access_token": f"upstream-token-{n}", "quotas": ["posts"]}
+                     for n in ("brand", "other")],
+        "containers": {"state_path": str(tmp_path / "state.db"),
+                       "track": [{"account": "brand", "id": str(10**9 + i)}
+                                 for i in range(10_000)]
+                       + [{"account": "other", "id": str(2 * 10**9)}]},
+    }, env={})
+    exp = Exporter(config, transport=httpx.MockTransport(JitteryUpstream(latency=0.02)))
+    store = exp.tracker.store
+    assert store is not None
+    apply = store.apply
+
+    def slow_apply(changes):  # a disk whose fsync takes 30 ms: results arrive meanwhile
+        time.sleep(0.03)
+        return apply(changes)
+
+    store.apply = slow_apply  # type: ignore[method-assign]
+    try:
+        busy = threading.Thread(target=exp.scrape, args=("5",))  # polls for ~4 s
+        busy.start()
+        time.sleep(1.0)
+        start = time.monotonic()
+        families = {f.name: f for f in exp.scrape("1.5", "other")}
+        took = time.monotonic() - start
+        busy.join()
+    finally:
+        exp.close()
+    assert took < 1.0
+    assert families["threads_container_store_up"].samples[0].value == 1
+    polled = {s.labels["status"]: s.value for s in families["threads_containers"].samples}
+    assert polled["IN_PROGRESS"] == 1

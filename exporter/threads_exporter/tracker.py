@@ -285,6 +285,9 @@ class ContainerTracker:
         self._rounds: dict[tuple[str, ...] | None, asyncio.Task[None]] = {}
         self._pending: list[Change] = []
         self._flusher: asyncio.Task[None] | None = None
+        # Done once the results now pending, and the batch being committed, are committed.
+        self._queued: asyncio.Future[None] | None = None
+        self._committing: asyncio.Future[None] | None = None
         self._last_prune = 0.0
         self._last = ContainerSnapshot(store_ok=False)
         # Seconds one poll takes; decides how many polls still fit before a deadline.
@@ -494,6 +497,8 @@ class ContainerTracker:
                     "to": answer.status, "error_message": answer.error_message})
         finally:
             self.latency = 0.8 * self.latency + 0.2 * (self.monotonic() - started)
+        if not self._pending:
+            self._queued = asyncio.get_running_loop().create_future()
         self._pending.append(change)
         self._kick()
 
@@ -510,18 +515,24 @@ class ContainerTracker:
             # CPU per poll). They stay in flight meanwhile, so none is polled again.
             await asyncio.sleep(COMMIT_EVERY)
             batch, self._pending = self._pending, []
+            self._committing, self._queued = self._queued, None
             try:
                 await self._db(self._require().apply, batch)
             except StoreError:
                 pass  # lost polls only: the statuses are read again at the next poll
             finally:
                 self._inflight.difference_update((c.account, c.id) for c in batch)
+                if self._committing is not None:
+                    self._committing.set_result(None)
 
     async def _flush(self) -> None:
+        """Wait until what was polled so far is committed; results that a concurrent round
+        produces meanwhile go into later commits and do not hold this scrape up."""
+        commits = [f for f in (self._committing, self._queued) if f is not None]
         if self._pending:
             self._kick()
-        if self._flusher is not None:
-            await asyncio.shield(self._flusher)
+        for commit in commits:
+            await asyncio.shield(commit)
 
     async def aclose(self) -> None:
         """Stop polling, commit what was polled, close the store."""
