@@ -10,9 +10,8 @@ container_id(n) and stays IN_PROGRESS, so a tracked container stays due for poll
 from __future__ import annotations
 
 import argparse
-import contextlib
 
-from threads_exporter.simulator import SimAccount, Simulator, SimulatorServer
+from threads_exporter.simulator import SimAccount, Simulator, serve
 
 
 def token(i: int) -> str:
@@ -39,13 +38,7 @@ def main() -> int:
     p.add_argument("--containers", type=int, default=0)
     p.add_argument("--latency", type=float, default=0.05, help="seconds added to every answer")
     args = p.parse_args()
-    host, _, port = args.listen.rpartition(":")
-    server = SimulatorServer(build(args.accounts, args.containers, args.latency), (host, int(port)))
-    print(f"simulator on {server.base_url}", flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        server.serve_forever()
-    return 0
-
+    return serve(build(args.accounts, args.containers, args.latency), args.listen)
 
 if __name__ == "__main__":
     raise SystemExit(main())

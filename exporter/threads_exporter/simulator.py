@@ -273,7 +273,7 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(sim.latency)
         fault = account.fault if account is not None else None
         if fault is not None and "threads_publishing_limit" in url.path:
-            self._fault(account)
+            self._fault(account, url.path, query)
             return
         status, payload = sim.handle(url.path, query)
         self._send(status, json.dumps(payload).encode())
@@ -298,7 +298,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _fault(self, account: SimAccount) -> None:
+    def _fault(self, account: SimAccount, path: str, query: dict[str, str]) -> None:
         self.server.sim.count("publishing_limit")
         fault = account.fault
         if fault == "throttled":
@@ -328,8 +328,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "unexpected": True}]}).encode())
         elif fault == "slow":
             time.sleep(account.slow_seconds)
-            status, payload = self.server.sim.handle(urlsplit(self.path).path, {
-                k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()})
+            status, payload = self.server.sim.handle(path, query)
             self._send(status, json.dumps(payload).encode())
         elif fault == "huge":
             chunk = b'{"data":[{"quota_usage":1,"padding":"' + b"x" * (8 << 20) + b'"}]}'
@@ -434,20 +433,24 @@ class DemoPublisher:
                                 extra={"account": name, "error": type(e).__name__})
 
 
+def serve(sim: Simulator, listen: str, *notes: str) -> int:
+    """Run a simulator in the foreground until interrupted (the simulator's own command)."""
+    host, _, port = listen.rpartition(":")
+    server = SimulatorServer(sim, (host or "127.0.0.1", int(port)))
+    print(f"Threads API simulator on {server.base_url}", *notes, sep="\n", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Threads API simulator with demo accounts")
     parser.add_argument("--listen", default="127.0.0.1:10331", help="host:port to listen on")
     parser.add_argument("--latency", type=float, default=0.0,
                         help="seconds added to every answer")
     args = parser.parse_args(argv)
-    host, _, port = args.listen.rpartition(":")
-    server = SimulatorServer(demo_simulator(args.latency), (host or "127.0.0.1", int(port)))
-    print(f"Threads API simulator on {server.base_url}; demo tokens:", flush=True)
-    for name, account in demo_accounts():
-        print(f"  {name}: {account.token}", flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        server.serve_forever()
-    return 0
+    return serve(demo_simulator(args.latency), args.listen, "demo tokens:",
+                 *(f"  {name}: {account.token}" for name, account in demo_accounts()))
 
 
 if __name__ == "__main__":
