@@ -20,6 +20,7 @@ import promql_parser
 import pytest
 import yaml
 
+from contract import CONTRACT, HISTOGRAMS
 from procs import REPO
 
 DASHBOARD_DIR = REPO / "dashboards"
@@ -27,29 +28,6 @@ FILES = sorted(DASHBOARD_DIR.glob("*.json"))
 RULES = REPO / "prometheus" / "rules.yml"
 DS = {"type": "prometheus", "uid": "${datasource}"}
 
-# Metric families from the contract, with the labels each carries (job and instance come
-# from Prometheus). Histograms expand to _bucket/_sum/_count.
-CONTRACT = {
-    "threads_up": {"account"},
-    "threads_quota_usage": {"account", "quota"},
-    "threads_quota_limit": {"account", "quota"},
-    "threads_quota_window_seconds": {"account", "quota"},
-    "threads_last_success_timestamp_seconds": {"account"},
-    "threads_last_error_reason": {"account", "reason"},
-    "threads_api_requests_total": {"account", "endpoint"},
-    "threads_api_errors_total": {"account", "endpoint", "reason"},
-    "threads_api_request_duration_seconds": {"endpoint"},
-    "threads_containers": {"account", "status"},
-    "threads_container_status_changes_total": {"account", "status"},
-    "threads_container_errors_total": {"account", "error_message"},
-    "threads_containers_stuck": {"account"},
-    "threads_container_processing_seconds": {"account"},
-    "threads_token_expiry_timestamp_seconds": {"account"},
-    "threads_exporter_build_info": {"version", "python_version"},
-    "threads_config_last_reload_successful": set(),
-    "up": set(),
-}
-HISTOGRAMS = {"threads_api_request_duration_seconds", "threads_container_processing_seconds"}
 
 # Grafana's unit ids for the units these dashboards may sensibly use (a subset of
 # packages/grafana-data/src/valueFormats/categories.ts).

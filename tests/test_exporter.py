@@ -13,7 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
+from contract import CONTRACT
 from procs import Proc, exporter, exporter_cmd, free_port, promtool_bin
 from threads_exporter.simulator import SimulatorServer, demo_accounts, demo_simulator
 
@@ -62,6 +64,27 @@ def test_token_expiry_is_exported_where_debug_token_answers(demo):
                      "threads_token_expiry_timestamp_seconds")
     assert '{account="agency"}' in expiry
     assert '{account="expired"}' not in expiry
+
+
+def test_demo_exposes_every_contract_family_with_its_labels(demo):
+    _, base = demo
+    deadline = time.monotonic() + 30
+    while True:  # container families need the demo's first containers polled
+        text = httpx.get(base + "/metrics", timeout=10).text
+        labels: dict[str, set[str]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                name = sample.name.removesuffix("_bucket").removesuffix("_sum") \
+                    .removesuffix("_count") if family.type == "histogram" else sample.name
+                labels.setdefault(name, set()).update(set(sample.labels) - {"le"})
+        missing = {m for m in CONTRACT if m != "up" and m not in labels}
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert not missing
+    for name, expected in CONTRACT.items():
+        if name != "up":
+            assert labels[name] == expected, name
 
 
 @pytest.mark.skipif(promtool_bin() is None, reason="promtool not installed")
