@@ -47,9 +47,6 @@ class FakeClient:
             raise self.expiry
         return self.expiry
 
-    def denied_groups(self, account: Account) -> frozenset[str]:
-        return frozenset()
-
 
 class Clock:
     def __init__(self) -> None:

@@ -22,6 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.utils import floatToGoString
 
 from threads_exporter.client import (
+    BAD_RESPONSE,
     DURATION_BUCKETS,
     RATE_LIMITED,
     TIMEOUT,
@@ -134,20 +135,13 @@ class QuotaCollector:
         deadline = max(deadline, self.clock() + self.client.api.timeout_seconds)
         try:
             quotas = await self.client.read_quotas(state.account, deadline)
-        except ApiError as e:
-            state.failures += 1
-            state.error = e
-            state.quotas = None
-            state.retry_at = self.clock() + backoff_delay(e.reason, state.failures)
-            log.warning("quota reading failed", extra={
-                "account": state.account.name, "reason": e.reason, "error": str(e),
-                "retry_in_seconds": round(state.retry_at - self.clock(), 1)})
-        except Exception as e:  # never let one account's bug take down a scrape
-            state.error = ApiError("bad_response", f"unexpected {type(e).__name__}")
-            state.quotas = None
-            state.failures += 1
-            state.retry_at = self.clock() + backoff_delay("bad_response", state.failures)
-            log.exception("quota reading crashed", extra={"account": state.account.name})
+        except Exception as e:
+            if isinstance(e, ApiError):
+                error = e
+            else:  # never let one account's bug take down a scrape
+                log.exception("quota reading crashed", extra={"account": state.account.name})
+                error = ApiError(BAD_RESPONSE, f"unexpected {type(e).__name__}")
+            self._failed(state, error)
         else:
             state.quotas = quotas
             state.error = None
@@ -156,6 +150,15 @@ class QuotaCollector:
             state.last_success = self.wall()
         finally:
             state.task = None
+
+    def _failed(self, state: _AccountState, error: ApiError) -> None:
+        state.failures += 1
+        state.error = error
+        state.quotas = None
+        state.retry_at = self.clock() + backoff_delay(error.reason, state.failures)
+        log.warning("quota reading failed", extra={
+            "account": state.account.name, "reason": error.reason, "error": str(error),
+            "retry_in_seconds": round(state.retry_at - self.clock(), 1)})
 
     def _check_token(self, state: _AccountState, deadline: float) -> asyncio.Task[None] | None:
         """Ask debug_token rarely; a failure leaves the expiry unknown and threads_up alone."""
@@ -188,9 +191,6 @@ class QuotaCollector:
         if state.error is not None and state.task is None:
             return Reading(name, None, state.error.reason, str(state.error), **common)
         return Reading(name, None, TIMEOUT, "no answer before the scrape deadline", **common)
-
-    def denied(self) -> dict[str, frozenset[str]]:
-        return {n: self.client.denied_groups(s.account) for n, s in self._states.items()}
 
 
 # --- metric families (pure) ----------------------------------------------------------------
