@@ -38,7 +38,7 @@ sys.path.insert(0, str(BENCH))
 from sim import container_id, token  # noqa: E402
 
 from procs import Proc, exporter_cmd, free_port, wait_http  # noqa: E402
-from threads_exporter.client import QUOTA_FIELDS, quota_fields  # noqa: E402
+from threads_exporter.fields import QUOTA_FIELDS, quota_fields  # noqa: E402
 
 SCRAPE_TIMEOUT = 10.0  # Prometheus' default, announced in the scrape header
 ALL_FIELDS = quota_fields(QUOTA_FIELDS)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from threads_exporter.simulator import SimAccount, Simulator, serve
+from threads_exporter.demo.server import serve
+from threads_exporter.demo.simulator import SimAccount, Simulator
 
 
 def token(i: int) -> str:

@@ -389,11 +389,11 @@ def overview() -> dict[str, Any]:
                                     "1": {"color": "green", "index": 1, "text": "UP"}},
                         "type": "value"}]),
         stat("Config reload",
-             "threads_config_last_reload_successful: OK when the last config (re)load "
+             "threads_exporter_config_last_reload_successful: OK when the last config (re)load "
              "succeeded; FAILING means a reload was rejected and the old config is still in "
              "use. Alert: ThreadsConfigReloadFailed.",
              "none",
-             [target(f"threads_config_last_reload_successful{{{SEL_TARGET}}}",
+             [target(f"threads_exporter_config_last_reload_successful{{{SEL_TARGET}}}",
                      "{{instance}}", instant=True)],
              (20, 30, 4, 8), thresholds=steps(("red", None), ("green", 1)),
              mappings=UP_MAPPINGS),

@@ -135,5 +135,5 @@ def value(found: dict[tuple[str, Labels], float], name: str, **labels: str) -> f
 def container_series(found: dict[tuple[str, Labels], float]) -> dict[tuple[str, Labels], float]:
     """The container counters and gauges that must survive a restart."""
     return {k: v for k, v in found.items()
-            if k[0].startswith(("threads_container", "threads_containers"))
+            if k[0].startswith(("threads_container", "threads_exporter_container"))
             and k[0] != "threads_containers_poll_backlog"}

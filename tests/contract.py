@@ -20,7 +20,7 @@ CONTRACT = {
     "threads_container_processing_seconds": {"account"},
     "threads_token_expiry_timestamp_seconds": {"account"},
     "threads_exporter_build_info": {"version", "python_version"},
-    "threads_config_last_reload_successful": set(),
+    "threads_exporter_config_last_reload_successful": set(),
     "up": set(),
 }
 HISTOGRAMS = {"threads_api_request_duration_seconds", "threads_container_processing_seconds"}

@@ -17,8 +17,9 @@ from graph_double import samples, value, write_config
 from procs import exporter
 from threads_exporter.app import Exporter
 from threads_exporter.config import Account, ApiConfig, Config
-from threads_exporter.server import ExporterHTTPServer, serve_in_thread
-from threads_exporter.simulator import SimAccount, Simulator, SimulatorServer
+from threads_exporter.demo.server import SimulatorServer
+from threads_exporter.demo.simulator import SimAccount, Simulator
+from threads_exporter.web.server import ExporterHTTPServer, serve_in_thread
 
 ACCOUNTS = [f"acct-{i:02d}" for i in range(20)]
 SCRIPT = "<script>alert(1)</script>"

@@ -8,8 +8,9 @@ import time
 import httpx
 import pytest
 
-from threads_exporter.app import Exporter, scrape_budget
+from threads_exporter.app import Exporter
 from threads_exporter.config import Account, ApiConfig, Config
+from threads_exporter.web.routes import scrape_budget
 
 
 async def never_answers(request: httpx.Request) -> httpx.Response:
@@ -37,7 +38,7 @@ def test_scrape_budget_is_prometheus_timeout_minus_offset(header, budget):
 
 def test_unfinished_account_answers_at_the_deadline_as_timeout(hanging_exporter):
     start = time.monotonic()
-    families = {f.name: f for f in hanging_exporter.scrape("1.5")}
+    families = {f.name: f for f in hanging_exporter.scrape(time.monotonic() + 1)}
     assert time.monotonic() - start < 1.5
     assert [s.value for s in families["threads_up"].samples] == [0]
     reasons = [s.labels["reason"] for s in families["threads_last_error_reason"].samples]
@@ -49,8 +50,8 @@ def test_slow_encoding_is_kept_in_reserve_so_answers_stay_in_time(hanging_export
         time.sleep(0.6)
         return b"encoded"
 
-    hanging_exporter.exposition("2", None, slow_encode)  # learns how long encoding takes
+    hanging_exporter.exposition(time.monotonic() + 1.5, None, slow_encode)  # learns how long encoding takes
     start = time.monotonic()
-    assert hanging_exporter.exposition("2", None, slow_encode) == b"encoded"
+    assert hanging_exporter.exposition(start + 1.5, None, slow_encode) == b"encoded"
     # Without the reserve: 1.5 s waiting for the account plus 0.6 s encoding, past 2 s.
     assert time.monotonic() - start < 2.0

@@ -13,20 +13,19 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from threads_exporter.client import (
-    REDACT,
-    ApiError,
-    ApiStats,
-    Gate,
+from threads_exporter.config import Account, ApiConfig
+from threads_exporter.graph.client import ThreadsClient
+from threads_exporter.graph.errors import ApiError, graph_error
+from threads_exporter.graph.gate import Gate
+from threads_exporter.graph.parse import (
     Quota,
-    ThreadsClient,
-    graph_error,
     parse_container,
     parse_debug_token,
     parse_publishing_limit,
     parse_usage_headers,
 )
-from threads_exporter.config import Account, ApiConfig
+from threads_exporter.graph.stats import ApiStats
+from threads_exporter.redact import REDACT
 
 TOKEN = "EAAGtestTOKENvalue1234567890"
 ACCOUNT = Account("brand", "me", TOKEN)

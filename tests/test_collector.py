@@ -8,16 +8,15 @@ from dataclasses import dataclass, field
 
 from prometheus_client.exposition import generate_latest
 
-from threads_exporter.client import ApiError, ApiStats, Quota
-from threads_exporter.collector import (
-    QuotaCollector,
-    Reading,
-    api_families,
-    backoff_delay,
-    histogram_buckets,
-    quota_families,
-)
+from threads_exporter.calls import api_families
 from threads_exporter.config import Account, ApiConfig, Config
+from threads_exporter.graph.errors import ApiError
+from threads_exporter.graph.parse import Quota
+from threads_exporter.graph.stats import ApiStats
+from threads_exporter.metrics import histogram_buckets
+from threads_exporter.quotas.families import quota_families
+from threads_exporter.quotas.reader import QuotaReader as QuotaCollector
+from threads_exporter.quotas.reader import Reading, backoff_delay
 
 QUOTAS = {"posts": Quota(10, 250, 86400), "replies": Quota(20, 1000, 86400)}
 

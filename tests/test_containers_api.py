@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import yaml
 
 from threads_exporter.app import Exporter
 from threads_exporter.config import load_config, parse_config
-from threads_exporter.server import ExporterHTTPServer
+from threads_exporter.web.server import ExporterHTTPServer
 
 API_TOKEN = "s3cret-api-token"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -123,7 +124,7 @@ def test_bad_requests_400_and_nothing_upstream(api: tuple[str, Upstream, Exporte
     assert r.status_code == 400, r.text
     assert "error" in r.json()
     assert exporter.containers() == []
-    exporter.scrape("5")  # a scrape would poll anything registered
+    exporter.scrape(time.monotonic() + 4.5)  # a scrape would poll anything registered
     assert upstream.container_paths() == []
 
 
@@ -131,7 +132,7 @@ def test_unknown_account_404(api: tuple[str, Upstream, Exporter]) -> None:
     base, upstream, exporter = api
     r = post(base, {"account": "nobody", "id": "123"})
     assert r.status_code == 404 and "nobody" in r.json()["error"]
-    exporter.scrape("5")
+    exporter.scrape(time.monotonic() + 4.5)
     assert upstream.container_paths() == []
 
 
@@ -139,7 +140,7 @@ def test_registered_container_is_polled_with_its_id_only(
         api: tuple[str, Upstream, Exporter]) -> None:
     base, upstream, exporter = api
     assert post(base, {"account": "brand", "id": "42"}).status_code == 201
-    exporter.scrape("5")
+    exporter.scrape(time.monotonic() + 4.5)
     assert upstream.container_paths() == ["/v1.0/42"]
 
 

@@ -21,7 +21,7 @@ from container_double import API_TOKEN, ContainerDouble, answer, samples, value,
 from procs import exporter
 from threads_exporter.app import Exporter
 from threads_exporter.config import parse_config
-from threads_exporter.server import ExporterHTTPServer
+from threads_exporter.web.server import ExporterHTTPServer
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 POLL_INTERVAL = 1.0
@@ -193,7 +193,7 @@ def test_upstream_slower_than_the_scrape_starts_only_what_can_run(tmp_path: Path
     try:
         for _ in range(3):
             start = time.monotonic()
-            families = {f.name: f for f in exp.scrape("1")}
+            families = {f.name: f for f in exp.scrape(time.monotonic() + 0.5)}
             assert time.monotonic() - start < 1.0
             assert families["threads_up"].samples[0].value == 1
         # One poll per worker was started and is still running; nothing queued behind them.
@@ -238,16 +238,16 @@ def test_a_probe_is_not_held_up_by_another_scrape_still_polling(tmp_path: Path) 
 
     store.apply = slow_apply  # type: ignore[method-assign]
     try:
-        busy = threading.Thread(target=exp.scrape, args=("5",))  # polls for ~4 s
+        busy = threading.Thread(target=exp.scrape, args=(time.monotonic() + 4.5,))  # polls for ~4 s
         busy.start()
         time.sleep(1.0)
         start = time.monotonic()
-        families = {f.name: f for f in exp.scrape("1.5", "other")}
+        families = {f.name: f for f in exp.scrape(time.monotonic() + 1, "other")}
         took = time.monotonic() - start
         busy.join()
     finally:
         exp.close()
     assert took < 1.0
-    assert families["threads_container_store_up"].samples[0].value == 1
+    assert families["threads_exporter_container_store_up"].samples[0].value == 1
     polled = {s.labels["status"]: s.value for s in families["threads_containers"].samples}
     assert polled["IN_PROGRESS"] == 1

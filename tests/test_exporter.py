@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from contract import CONTRACT
 from procs import Proc, exporter, exporter_cmd, free_port, promtool_bin
-from threads_exporter.simulator import SimulatorServer, demo_accounts, demo_simulator
+from threads_exporter.demo.server import SimulatorServer
+from threads_exporter.demo.simulator import demo_accounts, demo_simulator
 
 
 def samples(text: str, name: str) -> dict[str, float]:
@@ -184,13 +185,13 @@ def test_reload_adopts_a_good_config_and_keeps_the_old_one_on_a_bad_one(tmp_path
         assert httpx.post(base + "/-/reload").status_code == 200
         text = httpx.get(base + "/metrics").text
         assert '{account="support"}' in samples(text, "threads_up")
-        assert samples(text, "threads_config_last_reload_successful") == {"": 1}
+        assert samples(text, "threads_exporter_config_last_reload_successful") == {"": 1}
         config.write_text("accounts: [{name: x}]\n")
         r = httpx.post(base + "/-/reload")
         assert r.status_code == 400
         assert "accounts[0]: one of access_token or access_token_file is required" in r.text
         text = httpx.get(base + "/metrics").text
-        assert samples(text, "threads_config_last_reload_successful") == {"": 0}
+        assert samples(text, "threads_exporter_config_last_reload_successful") == {"": 0}
         assert '{account="support"}' in samples(text, "threads_up")
 
 

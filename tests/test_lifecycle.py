@@ -80,13 +80,13 @@ def test_reload_keeps_the_old_config_when_the_new_one_is_bad(tmp_path: Path) -> 
         good("a")
         with exporter("--config.file", str(path), "--log.format", "json") as (proc, base):
             found = metrics(base)
-            assert value(found, "threads_config_last_reload_successful") == 1
+            assert value(found, "threads_exporter_config_last_reload_successful") == 1
             assert value(found, "threads_up", account="a") == 1
 
             # SIGHUP with a typo in a key: rejected, the running config stays.
             path.write_text(path.read_text().replace("accounts:", "acounts:"))
             proc.popen.send_signal(signal.SIGHUP)
-            wait_for(lambda: value(metrics(base), "threads_config_last_reload_successful")
+            wait_for(lambda: value(metrics(base), "threads_exporter_config_last_reload_successful")
                      == 0)
             assert value(metrics(base), "threads_up", account="a") == 1
             failures = [line for line in json_logs(proc.output())
@@ -98,7 +98,7 @@ def test_reload_keeps_the_old_config_when_the_new_one_is_bad(tmp_path: Path) -> 
             r = httpx.post(base + "/-/reload", timeout=10)
             assert r.status_code == 400 and "invalid YAML" in r.text
             found = metrics(base)
-            assert value(found, "threads_config_last_reload_successful") == 0
+            assert value(found, "threads_exporter_config_last_reload_successful") == 0
             assert value(found, "threads_up", account="a") == 1
 
             # A good config is adopted, with its new account.
@@ -106,7 +106,7 @@ def test_reload_keeps_the_old_config_when_the_new_one_is_bad(tmp_path: Path) -> 
             r = httpx.post(base + "/-/reload", timeout=10)
             assert r.status_code == 200
             found = metrics(base)
-            assert value(found, "threads_config_last_reload_successful") == 1
+            assert value(found, "threads_exporter_config_last_reload_successful") == 1
             assert value(found, "threads_up", account="b") == 1
             assert value(found, "threads_quota_usage", account="b", quota="posts") == 3
 
@@ -116,7 +116,7 @@ def test_reload_keeps_the_old_config_when_the_new_one_is_bad(tmp_path: Path) -> 
             wait_for(lambda: value(metrics(base), "threads_up", account="c") == 1)
             found = metrics(base)
             assert value(found, "threads_up", account="a") is None
-            assert value(found, "threads_config_last_reload_successful") == 1
+            assert value(found, "threads_exporter_config_last_reload_successful") == 1
 
 
 def test_full_disk_for_the_store_keeps_quota_metrics(tmp_path: Path) -> None:
@@ -146,7 +146,7 @@ def test_full_disk_for_the_store_keeps_quota_metrics(tmp_path: Path) -> None:
             found = metrics(base)
             assert value(found, "threads_up", account="a") == 1
             assert value(found, "threads_quota_usage", account="a", quota="posts") == 2
-            assert value(found, "threads_container_store_up") == 0
+            assert value(found, "threads_exporter_container_store_up") == 0
             proc.popen.send_signal(signal.SIGTERM)
             assert proc.popen.wait(15) == 0
             logs = list(json_logs(proc.output()))

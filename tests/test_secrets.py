@@ -26,10 +26,10 @@ from graph_double import (
     reset_mid_body,
 )
 from procs import exporter
-from threads_exporter import server as server_module
 from threads_exporter.app import Exporter
 from threads_exporter.config import Account, ApiConfig, Config, ContainersConfig
-from threads_exporter.server import ExporterHTTPServer, serve_in_thread
+from threads_exporter.web import routes as server_module
+from threads_exporter.web.server import ExporterHTTPServer, serve_in_thread
 
 RANDOM = secrets.token_hex(8)
 TOKENS = {name: f"SECRET-TOKEN-{name}-{RANDOM}" for name in (

@@ -24,7 +24,7 @@ from container_double import (
 from procs import Proc, exporter, exporter_cmd, free_port
 from threads_exporter.app import Exporter
 from threads_exporter.config import parse_config
-from threads_exporter.store import Change, Store, StoreError, StoreLocked
+from threads_exporter.containers.store import Change, Store, StoreError, StoreLocked
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
@@ -126,8 +126,8 @@ def test_full_or_read_only_disk_keeps_quota_metrics(tmp_path: Path, fault: str) 
     }, env={})
     exp = Exporter(config, transport=httpx.MockTransport(quota_upstream))
     try:
-        found = {f.name: f for f in exp.scrape("3")}
-        assert found["threads_container_store_up"].samples[0].value == 1
+        found = {f.name: f for f in exp.scrape(time.monotonic() + 2.5)}
+        assert found["threads_exporter_container_store_up"].samples[0].value == 1
         db = exp.tracker.store._db
         if fault == "full":
             pages = db.execute("PRAGMA page_count").fetchone()[0]
@@ -139,16 +139,16 @@ def test_full_or_read_only_disk_keeps_quota_metrics(tmp_path: Path, fault: str) 
             db.execute("PRAGMA query_only = ON")
             with pytest.raises(StoreError, match="readonly"):
                 exp.register("brand", "2")
-        found = {f.name: f for f in exp.scrape("3")}
+        found = {f.name: f for f in exp.scrape(time.monotonic() + 2.5)}
         assert found["threads_up"].samples[0].value == 1
         assert found["threads_quota_usage"].samples[0].value == 3
-        assert found["threads_container_store_up"].samples[0].value == 0
+        assert found["threads_exporter_container_store_up"].samples[0].value == 0
         # The last known container numbers stay visible.
         assert any(s.value == 1 for s in found["threads_containers"].samples)
         db.execute("PRAGMA max_page_count = 1000000")  # space freed
         db.execute("PRAGMA query_only = OFF")
-        found = {f.name: f for f in exp.scrape("3")}
-        assert found["threads_container_store_up"].samples[0].value == 1
+        found = {f.name: f for f in exp.scrape(time.monotonic() + 2.5)}
+        assert found["threads_exporter_container_store_up"].samples[0].value == 1
         assert exp.register("brand", "2")[0] is True
     finally:
         exp.close()
@@ -162,9 +162,9 @@ def test_unusable_state_file_at_start_keeps_serving(tmp_path: Path) -> None:
     }, env={})
     exp = Exporter(config, transport=httpx.MockTransport(quota_upstream))
     try:
-        found = {f.name: f for f in exp.scrape("3")}
+        found = {f.name: f for f in exp.scrape(time.monotonic() + 2.5)}
         assert found["threads_up"].samples[0].value == 1
-        assert found["threads_container_store_up"].samples[0].value == 0
+        assert found["threads_exporter_container_store_up"].samples[0].value == 0
         with pytest.raises(StoreError, match="no-such-dir"):
             exp.register("brand", "2")
     finally:

@@ -8,18 +8,13 @@ import subprocess
 import pytest
 from prometheus_client.exposition import generate_latest
 
-from threads_exporter.client import ApiError, ContainerStatus
-from threads_exporter.store import Row, Tallies
-from threads_exporter.tracker import (
-    ERROR_MESSAGES,
+from threads_exporter.containers.families import ContainerSnapshot, container_families
+from threads_exporter.containers.policy import (
     ERRORS,
     PROCESSING,
     PROCESSING_SUM,
     STATUS_CHANGES,
-    ContainerSnapshot,
     Policy,
-    container_families,
-    error_label,
     expired,
     failed,
     is_expired,
@@ -28,6 +23,10 @@ from threads_exporter.tracker import (
     observed,
     poll_interval,
 )
+from threads_exporter.containers.store import Row, Tallies
+from threads_exporter.fields import ERROR_MESSAGES, error_label
+from threads_exporter.graph.errors import ApiError
+from threads_exporter.graph.parse import ContainerStatus
 
 P = Policy(poll_interval=60, stuck_poll_interval=300, finished_poll_interval=900,
            stuck_after=300, expire_after=86400)
@@ -189,4 +188,4 @@ def test_families_have_every_series_from_the_start_and_pass_promtool() -> None:
 def test_disabled_tracking_has_no_families_and_a_failing_store_says_so() -> None:
     assert container_families(ContainerSnapshot(False, enabled=False), ["brand"]) == []
     [health] = container_families(ContainerSnapshot(False), ["brand"])
-    assert health.name == "threads_container_store_up" and health.samples[0].value == 0
+    assert health.name == "threads_exporter_container_store_up" and health.samples[0].value == 0

@@ -26,9 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from procs import exporter, exporter_cmd, wait_http
-from threads_exporter import webconfig
-from threads_exporter.simulator import DEMO_API_TOKEN
-from threads_exporter.webconfig import WebConfig, WebConfigError, load_web_config
+from threads_exporter.demo.simulator import DEMO_API_TOKEN
+from threads_exporter.web import webconfig
+from threads_exporter.web.webconfig import WebConfig, WebConfigError, load_web_config
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed")

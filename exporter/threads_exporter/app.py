@@ -1,4 +1,5 @@
-"""The running exporter: one event loop thread that owns the client and the collector.
+"""The running exporter's lifecycle: one event loop thread that owns the client, the quota
+reader and the container tracker; scrapes by deadline, registration, reload, shutdown.
 
 HTTP handler threads hand scrapes to the loop and get plain snapshots back; metric families
 are then built in the handler thread, fresh for every scrape.
@@ -11,36 +12,30 @@ import logging
 import platform
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.core import Metric
+from prometheus_client.registry import CollectorRegistry
 
 from threads_exporter import __version__
-from threads_exporter.client import REDACT, ApiStats, ThreadsClient
-from threads_exporter.collector import (
-    QuotaCollector,
-    Reading,
-    api_families,
-    copy_stats,
-    quota_families,
-)
+from threads_exporter.calls import api_families
 from threads_exporter.config import Config, ConfigError, load_config
-from threads_exporter.tracker import (
-    ContainerSnapshot,
-    ContainerTracker,
-    container_families,
-    open_store,
-    tracking_enabled,
-)
+from threads_exporter.containers.families import ContainerSnapshot, container_families
+from threads_exporter.containers.storage import open_store
+from threads_exporter.containers.tracker import ContainerTracker, tracking_enabled
+from threads_exporter.graph.client import ThreadsClient
+from threads_exporter.graph.stats import ApiStats
+from threads_exporter.metrics import family
+from threads_exporter.quotas.families import quota_families
+from threads_exporter.quotas.reader import QuotaReader, Reading
+from threads_exporter.redact import REDACT
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-DEFAULT_SCRAPE_TIMEOUT = 10.0  # Prometheus' default scrape_timeout
-MAX_SCRAPE_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
@@ -50,45 +45,39 @@ class Snapshot:
     containers: ContainerSnapshot
 
 
-def scrape_budget(header: str | None, offset: float) -> float:
-    """Seconds a scrape may spend: Prometheus' announced timeout minus a safety margin."""
-    try:
-        timeout = float(header) if header else DEFAULT_SCRAPE_TIMEOUT
-    except ValueError:
-        timeout = DEFAULT_SCRAPE_TIMEOUT
-    if not 0 < timeout < float("inf"):
-        timeout = DEFAULT_SCRAPE_TIMEOUT
-    return max(0.05, min(timeout, MAX_SCRAPE_TIMEOUT) - offset)
-
-
 class Exporter:
     def __init__(self, config: Config, config_path: str | None = None, *,
-                 timeout_offset: float = 0.5,
                  transport: httpx.AsyncBaseTransport | None = None):
         self.config = config
         self.config_path = config_path
-        self.timeout_offset = timeout_offset
         self.reload_ok = True
+        self.reloaded_at = time.time()
         self._render_reserve = 0.0  # seconds the last expositions took to build and encode
-        self._transport = transport
         self._reload_lock = threading.Lock()
         REDACT.set_secrets(config.secrets())
         # First, so a state file locked by another exporter fails start-up before anything runs.
         store, store_error = (open_store(config.containers.state_path)
                               if tracking_enabled(config.containers) else (None, None))
         self.stats = ApiStats()
+        # The standard process and runtime metrics, as every client_python exporter has them,
+        # in a registry of their own: the global one is no business of a library user's.
+        self._runtime = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self._runtime)
+        PlatformCollector(registry=self._runtime)
+        GCCollector(registry=self._runtime)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="threads-api",
                                         daemon=True)
         self._thread.start()
-        self.client: ThreadsClient = self.call(self._make_client(config))
-        self.collector = QuotaCollector(self.client, config)
+        self.client: ThreadsClient = self.call(self._make_client(config, transport))
+        self.quotas = QuotaReader(self.client, config)
         self.tracker = ContainerTracker(self.client, config, store, store_error)
         self.call(self.tracker.track(config.containers.track))
 
-    async def _make_client(self, config: Config) -> ThreadsClient:
-        # The client's semaphore and pool belong to the loop: build them on it.
-        return ThreadsClient(config.api, self.stats, transport=self._transport)
+    async def _make_client(self, config: Config,
+                           transport: httpx.AsyncBaseTransport | None) -> ThreadsClient:
+        # The client's gate and pools belong to the loop: build them on it.
+        return ThreadsClient(config.api, self.stats, transport=transport)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run a coroutine on the exporter's loop from another thread and wait for it."""
@@ -96,27 +85,27 @@ class Exporter:
 
     # --- scraping ---
 
-    def scrape(self, scrape_timeout_header: str | None = None,
-               account: str | None = None) -> list[Metric]:
-        return self._families(self._wait(scrape_timeout_header, account), account)
+    def scrape(self, deadline: float, account: str | None = None) -> list[Metric]:
+        """Every family of a scrape (one account's for /probe) that must end by the deadline
+        (a time.monotonic() value)."""
+        return self._families(self._wait(deadline, account), account)
 
-    def exposition(self, scrape_timeout_header: str | None, account: str | None,
+    def exposition(self, deadline: float, account: str | None,
                    encode: Callable[[list[Metric]], T]) -> T:
         """A scrape, encoded. The time encoding took is kept in reserve from later scrapes'
-        budgets, so a large exposition still reaches Prometheus before its timeout."""
-        snapshot = self._wait(scrape_timeout_header, account)
+        deadlines, so a large exposition still reaches Prometheus before its timeout."""
+        snapshot = self._wait(deadline - self._render_reserve, account)
         start = time.monotonic()
         encoded = encode(self._families(snapshot, account))
         # A decaying maximum: one slow render is remembered for a while, not for ever.
         self._render_reserve = max(time.monotonic() - start, self._render_reserve * 0.8)
         return encoded
 
-    def _wait(self, scrape_timeout_header: str | None, account: str | None) -> Snapshot:
-        budget = scrape_budget(scrape_timeout_header,
-                               self.timeout_offset + self._render_reserve)
-        deadline = time.monotonic() + budget
+    def _wait(self, deadline: float, account: str | None) -> Snapshot:
+        deadline = max(deadline, time.monotonic() + 0.05)
         names = None if account is None else [account]
-        return self.call(self._snapshot(deadline, names), timeout=budget + 5)
+        return self.call(self._snapshot(deadline, names),
+                         timeout=deadline - time.monotonic() + 5)
 
     def _families(self, snapshot: Snapshot, account: str | None) -> list[Metric]:
         families = quota_families(snapshot.readings)
@@ -125,12 +114,24 @@ class Exporter:
                     + container_families(snapshot.containers, [account]))
         return (families + api_families(snapshot.stats)
                 + container_families(snapshot.containers, [a.name for a in self.config.accounts])
-                + self._own_families())
+                + self._own_families() + list(self._runtime_families()))
 
     async def _snapshot(self, deadline: float, names: list[str] | None) -> Snapshot:
-        readings, containers = await asyncio.gather(self.collector.scrape(deadline, names),
+        readings, containers = await asyncio.gather(self.quotas.scrape(deadline, names),
                                                     self.tracker.scrape(deadline, names))
-        return Snapshot(readings, copy_stats(self.stats), containers)
+        return Snapshot(readings, self.stats.copy(), containers)
+
+    def _own_families(self) -> list[Metric]:
+        info = family("threads_exporter_build_info")
+        info.add_metric([__version__, platform.python_version()], 1)
+        reload = family("threads_exporter_config_last_reload_successful")
+        reload.add_metric([], 1 if self.reload_ok else 0)
+        reloaded = family("threads_exporter_config_last_reload_success_timestamp_seconds")
+        reloaded.add_metric([], self.reloaded_at)
+        return [info, reload, reloaded]
+
+    def _runtime_families(self) -> Iterable[Metric]:
+        return self._runtime.collect()
 
     # --- containers (from HTTP handler threads and the demo) ---
 
@@ -141,15 +142,6 @@ class Exporter:
 
     def containers(self, account: str | None = None) -> list[dict[str, Any]]:
         return self.call(self.tracker.listing(account), timeout=30)
-
-    def _own_families(self) -> list[Metric]:
-        info = GaugeMetricFamily("threads_exporter_build_info", "Version of the exporter; "
-                                 "always 1", labels=["version", "python_version"])
-        info.add_metric([__version__, platform.python_version()], 1)
-        reload = GaugeMetricFamily("threads_config_last_reload_successful",
-                                   "1 if the last config reload succeeded, else 0")
-        reload.add_metric([], 1 if self.reload_ok else 0)
-        return [info, reload]
 
     # --- config ---
 
@@ -169,8 +161,15 @@ class Exporter:
             self.call(self._adopt(config))
             self.config = config
             self.reload_ok = True
+            self.reloaded_at = time.time()
             log.info("config reloaded", extra={"accounts": len(config.accounts)})
             return None
+
+    async def _adopt(self, config: Config) -> None:
+        await self.client.reconfigure(config.api)
+        self.quotas.reconfigure(config)
+        self.tracker.reconfigure(config)
+        await self.tracker.track(config.containers.track)
 
     async def _shutdown(self) -> None:
         # Cancel in-flight calls first: cut off by the closing pool instead, they would be
@@ -181,17 +180,6 @@ class Exporter:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.tracker.aclose()
         await self.client.aclose()
-
-    async def _adopt(self, config: Config) -> None:
-        if config.api != self.client.api:
-            old = self.client
-            self.client = await self._make_client(config)
-            self.collector.client = self.client
-            self.tracker.client = self.client
-            await old.aclose()
-        self.collector.reconfigure(config)
-        self.tracker.reconfigure(config)
-        await self.tracker.track(config.containers.track)
 
     def close(self) -> None:
         try:

@@ -10,30 +10,21 @@ import signal
 import sys
 import tempfile
 import threading
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from threads_exporter import __version__
 from threads_exporter.app import Exporter
-from threads_exporter.config import (
-    Account,
-    ApiConfig,
-    Config,
-    ConfigError,
-    ContainersConfig,
-    load_config,
-    parse_shard,
-)
+from threads_exporter.config import ConfigError, load_config, parse_shard
+from threads_exporter.containers.store import StoreLocked
 from threads_exporter.logs import LEVELS, setup_logging
-from threads_exporter.server import ExporterHTTPServer, parse_listen_address, serve_in_thread
-from threads_exporter.simulator import (
-    DEMO_API_TOKEN,
-    DEMO_CONTAINER_TTL,
-    DemoPublisher,
-    SimulatorServer,
-    demo_accounts,
-    demo_simulator,
+from threads_exporter.web.server import (
+    ExporterHTTPServer,
+    parse_listen_address,
+    serve_in_thread,
 )
-from threads_exporter.store import StoreLocked
+
+if TYPE_CHECKING:
+    from threads_exporter.demo.server import SimulatorServer
 
 log = logging.getLogger("threads_exporter")
 
@@ -78,21 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def demo_config(base_url: str, state_path: str) -> Config:
-    # Container times shrink with the simulator's, so a demo shows stuck containers (and
-    # every other outcome) within a minute instead of after five.
-    return Config(
-        api=ApiConfig(base_url=base_url, timeout_seconds=2.0),
-        cache_ttl_seconds=15.0,
-        accounts=tuple(Account(name, sim.user_id, sim.token) for name, sim in demo_accounts()),
-        containers=ContainersConfig(
-            poll_interval_seconds=2.0, stuck_poll_interval_seconds=10.0,
-            finished_poll_interval_seconds=4.0, stuck_after_seconds=20.0,
-            expire_after_seconds=DEMO_CONTAINER_TTL, retention_seconds=1800.0,
-            state_path=state_path, api_token=DEMO_API_TOKEN),
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.telemetry_path.startswith("/") or args.telemetry_path in ("/", "/probe"):
@@ -105,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     # Most garbage here is freed by reference counting: full collections at most 1/100 as often.
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, 1000)
-    simulator = SimulatorServer(demo_simulator()).start() if args.demo else None
+    simulator = None
+    if args.demo:  # the simulator is imported only here: a real run never loads it
+        from threads_exporter.demo.server import SimulatorServer
+        from threads_exporter.demo.simulator import demo_simulator
+        simulator = SimulatorServer(demo_simulator()).start()
     demo_dir = tempfile.mkdtemp(prefix="threads-exporter-demo-") if args.demo else None
     try:
         return run(args, simulator, demo_dir)
@@ -122,6 +102,7 @@ def run(args: argparse.Namespace, simulator: SimulatorServer | None,
     try:
         address = parse_listen_address(args.listen)
         if simulator is not None:
+            from threads_exporter.demo.config import demo_config
             config = demo_config(simulator.base_url, f"{demo_dir}/containers.db")
         else:
             config_path = args.config_file
@@ -130,7 +111,7 @@ def run(args: argparse.Namespace, simulator: SimulatorServer | None,
             config = config.for_shard(parse_shard(args.shard))
         web = None
         if args.web_config:
-            from threads_exporter.webconfig import WebConfigError, load_web_config
+            from threads_exporter.web.webconfig import WebConfigError, load_web_config
             try:
                 web = load_web_config(args.web_config)
             except WebConfigError as e:
@@ -145,12 +126,13 @@ def run(args: argparse.Namespace, simulator: SimulatorServer | None,
         return 0
 
     try:
-        exporter = Exporter(config, config_path, timeout_offset=args.timeout_offset)
+        exporter = Exporter(config, config_path)
     except StoreLocked as e:
         print(f"threads-exporter: containers.state_path: {e}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        server = ExporterHTTPServer(address, exporter, web, args.telemetry_path)
+        server = ExporterHTTPServer(address, exporter, web, args.telemetry_path,
+                                    timeout_offset=args.timeout_offset)
     except OSError as e:
         log.error("cannot listen", extra={"address": args.listen, "error": e.strerror})
         exporter.close()
@@ -167,6 +149,8 @@ def run(args: argparse.Namespace, simulator: SimulatorServer | None,
                                  "accounts": len(config.accounts), "version": __version__})
     publisher = None
     if simulator is not None:
+        from threads_exporter.demo.publisher import DemoPublisher
+        from threads_exporter.demo.simulator import DEMO_API_TOKEN
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         print(f"Demo mode: Threads API simulator at {simulator.base_url}.\n"
               f"Scrape {scheme}://{shown}:{port}{args.telemetry_path} "

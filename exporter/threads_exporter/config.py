@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-QUOTA_GROUPS: tuple[str, ...] = ("posts", "replies", "deletes", "location_searches")
+from threads_exporter.fields import QUOTA_GROUPS
+
 ACCOUNT_NAME = re.compile(r"^[a-zA-Z0-9_.-]+$")
 CONTAINER_ID = re.compile(r"^[0-9]{1,64}$")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -116,6 +117,14 @@ class Config:
     def account(self, name: str) -> Account | None:
         # A dict: the tracker looks an account up for every container poll.
         return self._by_name.get(name)
+
+    def misdirected(self, account: str) -> str | None:
+        """Where to go instead, for an account another shard serves."""
+        owner = self.elsewhere.get(account)
+        if owner is None or self.shard is None:
+            return None
+        return (f"account {account!r} belongs to shard {owner}/{self.shard.total}; this is "
+                f"shard {self.shard}")
 
     def secrets(self) -> list[str]:
         """Every secret string in this config, for redaction."""

@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-from threads_exporter.client import REDACT
+from threads_exporter.redact import REDACT
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
           "error": logging.ERROR}

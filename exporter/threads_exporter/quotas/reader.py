@@ -1,8 +1,7 @@
-"""Scrape-driven quota collection: cache, shared in-flight reads, backoff, deadline, families.
+"""Quota readings per scrape: TTL cache, one shared request per account, backoff, token expiry.
 
-The async half (QuotaCollector) runs on the exporter's event loop and turns a scrape into a
-Snapshot of plain data. The pure half (quota_families, api_families) turns a Snapshot into
-metric families, built fresh for every scrape as prometheus_client's custom collectors do.
+Runs on the exporter's event loop and turns a scrape into plain Readings; the families are
+built from those elsewhere (quotas.families).
 """
 
 from __future__ import annotations
@@ -10,29 +9,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.utils import floatToGoString
-
-from threads_exporter.client import (
+from threads_exporter.config import Account, Config
+from threads_exporter.graph.client import ThreadsClient
+from threads_exporter.graph.errors import (
     BAD_RESPONSE,
-    DURATION_BUCKETS,
     RATE_LIMITED,
     TIMEOUT,
     TOKEN_INVALID,
     ApiError,
-    ApiStats,
-    Quota,
-    ThreadsClient,
 )
-from threads_exporter.config import Account, Config
+from threads_exporter.graph.parse import Quota
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +68,10 @@ def backoff_delay(reason: str, failures: int) -> float:
 
 
 @dataclass
-class QuotaCollector:
+class QuotaReader:
+    """Readings of every account, fresh for the cache TTL, one request per account in flight
+    however many scrapes ask; a failed account backs off instead of hammering the API."""
+
     client: ThreadsClient
     config: Config
     clock: Callable[[], float] = time.monotonic
@@ -191,82 +183,3 @@ class QuotaCollector:
         if state.error is not None and state.task is None:
             return Reading(name, None, state.error.reason, str(state.error), **common)
         return Reading(name, None, TIMEOUT, "no answer before the scrape deadline", **common)
-
-
-# --- metric families (pure) ----------------------------------------------------------------
-
-
-def quota_families(readings: Iterable[Reading]) -> list[Metric]:
-    up = GaugeMetricFamily("threads_up", "1 if the latest quota reading of the account "
-                           "succeeded, else 0", labels=["account"])
-    usage = GaugeMetricFamily("threads_quota_usage", "Actions used in the current rolling "
-                              "window", labels=["account", "quota"])
-    limit = GaugeMetricFamily("threads_quota_limit", "Actions allowed in the rolling window "
-                              "(quota_total)", labels=["account", "quota"])
-    window = GaugeMetricFamily("threads_quota_window_seconds", "Length of the rolling quota "
-                               "window (quota_duration)", labels=["account", "quota"])
-    success = GaugeMetricFamily("threads_last_success_timestamp_seconds", "Unix time of the "
-                                "last successful quota reading", labels=["account"])
-    failure = GaugeMetricFamily("threads_last_error_reason", "1 for the reason the latest "
-                                "quota reading failed; absent while the account is up",
-                                labels=["account", "reason"])
-    expiry = GaugeMetricFamily("threads_token_expiry_timestamp_seconds", "Unix time the "
-                               "access token expires (debug_token expires_at)",
-                               labels=["account"])
-    for r in readings:
-        up.add_metric([r.account], 1 if r.up else 0)
-        for quota, q in (r.quotas or {}).items():
-            usage.add_metric([r.account, quota], q.usage)
-            limit.add_metric([r.account, quota], q.total)
-            window.add_metric([r.account, quota], q.duration)
-        if r.last_success is not None:
-            success.add_metric([r.account], r.last_success)
-        if r.error_reason is not None:
-            failure.add_metric([r.account, r.error_reason], 1)
-        if r.token_expiry is not None:
-            expiry.add_metric([r.account], r.token_expiry)
-    return [up, usage, limit, window, success, failure, expiry]
-
-
-def api_families(stats: ApiStats, accounts: set[str] | None = None) -> list[Metric]:
-    """The exporter's own call accounting; accounts limits the per-account series."""
-    requests = CounterMetricFamily("threads_api_requests", "Calls made to the Threads API",
-                                   labels=["account", "endpoint"])
-    errors = CounterMetricFamily("threads_api_errors", "Failed calls to the Threads API, by "
-                                 "reason", labels=["account", "endpoint", "reason"])
-    for (account, endpoint), n in sorted(stats.requests.items()):
-        if accounts is None or account in accounts:
-            requests.add_metric([account, endpoint], n)
-    for (account, endpoint, reason), n in sorted(stats.errors.items()):
-        if accounts is None or account in accounts:
-            errors.add_metric([account, endpoint, reason], n)
-    usage = GaugeMetricFamily("threads_api_usage_ratio", "Call-volume usage Meta reports in "
-                              "X-App-Usage / X-Business-Use-Case-Usage headers, where it does",
-                              labels=["account", "scope", "kind"])
-    for (account, scope, kind), ratio in sorted(stats.usage.items()):
-        if accounts is None or account in accounts:
-            usage.add_metric([account, scope, kind], ratio)
-    families: list[Metric] = [requests, errors, usage]
-    if accounts is None:
-        latency = HistogramMetricFamily("threads_api_request_duration_seconds", "Latency of "
-                                        "calls to the Threads API", labels=["endpoint"])
-        for endpoint, (counts, total) in sorted(stats.durations.items()):
-            latency.add_metric([endpoint], histogram_buckets(DURATION_BUCKETS, counts), total)
-        families.append(latency)
-    return families
-
-
-def histogram_buckets(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, int]]:
-    """Cumulative (le, count) pairs from per-bucket counts (the last one is +Inf)."""
-    out = []
-    running = 0
-    for bound, n in zip((*map(floatToGoString, bounds), "+Inf"), counts, strict=True):
-        running += n
-        out.append((bound, running))
-    return out
-
-
-def copy_stats(stats: ApiStats) -> ApiStats:
-    return ApiStats(dict(stats.requests), dict(stats.errors),
-                    {k: (list(v[0]), v[1]) for k, v in stats.durations.items()},
-                    dict(stats.usage))

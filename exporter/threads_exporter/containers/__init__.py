@@ -1,0 +1,1 @@
+"""Media containers: the stateful half of the exporter (registration API, SQLite, polling)."""

@@ -1,0 +1,60 @@
+"""Container metric families from the store's tallies (pure), built fresh for every scrape."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from prometheus_client.core import Metric
+
+from threads_exporter.containers.policy import (
+    ERRORS,
+    PROCESSING,
+    PROCESSING_SUM,
+    STATUS_CHANGES,
+)
+from threads_exporter.containers.store import Tallies
+from threads_exporter.metrics import LABEL_VALUES, PROCESSING_BUCKETS, family, histogram_buckets
+from threads_exporter.metrics import spec as metric_spec
+
+_PROCESSING_LABELS = [le for le, _ in histogram_buckets(PROCESSING_BUCKETS,
+                                                        [0] * (len(PROCESSING_BUCKETS) + 1))]
+
+
+@dataclass(frozen=True)
+class ContainerSnapshot:
+    store_ok: bool
+    tallies: Tallies | None = None
+    enabled: bool = True
+
+
+def container_families(snapshot: ContainerSnapshot, accounts: Sequence[str]) -> list[Metric]:
+    """Container metrics of the given accounts; every series exists from the start (zeros),
+    so rate() and alerts work from the first error on."""
+    if not snapshot.enabled:
+        return []
+    health = family("threads_exporter_container_store_up")
+    health.add_metric([], 1 if snapshot.store_ok else 0)
+    t = snapshot.tallies
+    if t is None:
+        return [health]
+    containers = family("threads_containers")
+    changes = family("threads_container_status_changes_total")
+    errors = family("threads_container_errors_total")
+    stuck = family("threads_containers_stuck")
+    backlog = family("threads_containers_poll_backlog")
+    processing = family("threads_container_processing_seconds")
+    statuses = metric_spec("threads_containers").values["status"]
+    c = t.counters
+    for a in accounts:
+        for s in statuses:
+            containers.add_metric([a, s], t.counts.get((a, s), 0))
+            changes.add_metric([a, s], c.get((STATUS_CHANGES, a, s), 0))
+        for m in LABEL_VALUES["error_message"]:
+            errors.add_metric([a, m], c.get((ERRORS, a, m), 0))
+        stuck.add_metric([a], t.stuck.get(a, 0))
+        backlog.add_metric([a], t.backlog.get(a, 0))
+        counts = [int(c.get((PROCESSING, a, le), 0)) for le in _PROCESSING_LABELS]
+        processing.add_metric([a], histogram_buckets(PROCESSING_BUCKETS, counts),
+                              c.get((PROCESSING, a, PROCESSING_SUM), 0.0))
+    return [health, containers, changes, errors, stuck, backlog, processing]

@@ -1,0 +1,161 @@
+"""The container service: registration, listing and a scrape's polling and tallies.
+
+Runs on the exporter's event loop; the policy, scheduling, storage and metric families are
+each in their own module of this package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from threads_exporter.config import Config, ContainersConfig, TrackedContainer, valid_container_id
+from threads_exporter.containers.families import ContainerSnapshot
+from threads_exporter.containers.listing import describe
+from threads_exporter.containers.policy import Policy, expired
+from threads_exporter.containers.scheduler import Scheduler
+from threads_exporter.containers.storage import Storage
+from threads_exporter.containers.store import Store, StoreError
+from threads_exporter.graph.client import ThreadsClient
+
+log = logging.getLogger(__name__)
+
+PRUNE_EVERY = 60.0  # seconds between retention sweeps
+
+
+class UnknownAccount(LookupError):
+    """No configured account of that name."""
+
+
+def tracking_enabled(c: ContainersConfig) -> bool:
+    """Without an API token or tracked containers nothing can be registered: no state file
+    is created (and several such exporters may share a working directory)."""
+    return bool(c.api_token or c.track)
+
+
+class ContainerTracker:
+    def __init__(self, client: ThreadsClient, config: Config, store: Store | None,
+                 store_error: str | None = None, *,
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic):
+        self.storage = Storage(store, store_error)
+        self.clock = clock
+        self.monotonic = monotonic
+        self.config = config
+        self.policy = Policy.from_config(config.containers)
+        self.scheduler = Scheduler(client, self.storage, config, self.policy,
+                                   clock=clock, monotonic=monotonic)
+        self._last_prune = 0.0
+        self._last = ContainerSnapshot(store_ok=False)
+        self.reconfigure(config)
+
+    @property
+    def store(self) -> Store | None:
+        return self.storage.store
+
+    @property
+    def store_ok(self) -> bool:
+        return self.storage.ok
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+        self.policy = Policy.from_config(config.containers)
+        self.scheduler.config, self.scheduler.policy = config, self.policy
+        store = self.storage.store
+        if store is not None and config.containers.state_path != store.path:
+            log.warning("containers.state_path changes take effect after a restart",
+                        extra={"state_path": store.path})
+        elif store is None and tracking_enabled(config.containers):
+            self.storage.open(config.containers.state_path)
+
+    # --- registration and listing ---
+
+    async def register(self, account: str, container_id: str) -> tuple[bool, dict[str, Any]]:
+        """Track a container; (True if new, its listing entry). Committed before returning."""
+        if self.config.account(account) is None:
+            raise UnknownAccount(account)
+        if not valid_container_id(container_id):
+            raise ValueError("a container id is a string of digits")
+        now = self.clock()
+        store = self.storage.require()
+        (new,) = await self.storage.run(store.register, account, [container_id], now)
+        row = await self.storage.run(store.get, account, container_id)
+        self.storage.recovered()
+        if new:
+            log.info("container registered", extra={"account": account, "id": container_id})
+        return new, describe(row, now, self.policy) if row else {}
+
+    async def track(self, entries: Iterable[TrackedContainer]) -> int:
+        """Register the config's containers in one transaction; returns how many were new."""
+        by_account: dict[str, list[str]] = {}
+        for e in entries:
+            by_account.setdefault(e.account, []).append(e.id)
+        store = self.storage.store
+        if not by_account or store is None:
+            return 0
+        now = self.clock()
+
+        def register_all() -> int:
+            return sum(sum(store.register(a, ids, now)) for a, ids in by_account.items())
+
+        try:
+            return await self.storage.run(register_all)
+        except StoreError:
+            return 0
+
+    async def listing(self, account: str | None = None) -> list[dict[str, Any]]:
+        rows = await self.storage.run(self.storage.require().listing, account)
+        now = self.clock()
+        return [describe(r, now, self.policy) for r in rows]
+
+    # --- scraping ---
+
+    async def scrape(self, deadline: float, names: Sequence[str] | None = None,
+                     ) -> ContainerSnapshot:
+        """Poll what is due and fits before the deadline (monotonic), then report. Never
+        later than the deadline: a slow disk yields the previous snapshot instead."""
+        if self.storage.store is None:
+            return ContainerSnapshot(store_ok=False, enabled=self.storage.error is not None)
+        try:
+            return await asyncio.wait_for(self._scrape(deadline, names),
+                                          max(0.0, deadline - self.monotonic()))
+        except TimeoutError:
+            log.warning("container state not read before the scrape deadline; reporting the "
+                        "previous reading")
+        except StoreError:
+            pass
+        except Exception:  # a bug here must not cost the quota metrics their scrape
+            log.exception("container tracking failed during a scrape")
+        return ContainerSnapshot(store_ok=False, tallies=self._last.tallies)
+
+    async def _scrape(self, deadline: float, names: Sequence[str] | None) -> ContainerSnapshot:
+        await self.storage.run(self._maintain, self.clock())
+        self.storage.recovered()
+        # Keep back time to commit results and read the tallies after the last poll.
+        reserve = min(0.25, 0.2 * max(0.0, deadline - self.monotonic()))
+        await self.scheduler.poll(tuple(names) if names is not None else None,
+                                  deadline - reserve)
+        now = self.clock()
+        tallies = await self.storage.run(self.storage.require().tallies, now,
+                                         now - self.policy.stuck_after)
+        self._last = ContainerSnapshot(store_ok=self.storage.error is None, tallies=tallies)
+        return self._last
+
+    def _maintain(self, now: float) -> None:
+        """On the store thread: expire what is too old, prune, prove the disk is writable."""
+        store = self.storage.require()
+        old = store.unfinished_since(now - self.policy.expire_after)
+        if old:  # a poll in flight meanwhile is dropped by the store's compare-and-set
+            store.apply(expired(r, now) for r in old)
+        if now - self._last_prune >= PRUNE_EVERY:
+            store.prune(now - self.policy.retention)
+            self._last_prune = now
+        store.heartbeat(now)
+
+    async def aclose(self) -> None:
+        """Stop polling, commit what was polled, close the store."""
+        await self.scheduler.aclose()
+        await self.storage.aclose()

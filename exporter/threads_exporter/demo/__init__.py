@@ -1,0 +1,2 @@
+"""`--demo`: the built-in Threads API simulator and a publishing pipeline (imported only for
+--demo, the tests and the benchmark)."""

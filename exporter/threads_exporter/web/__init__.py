@@ -1,0 +1,1 @@
+"""The HTTP front: server, routes, and the exporter-toolkit web config (TLS, basic auth)."""
