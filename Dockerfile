@@ -11,11 +11,11 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY exporter ./exporter
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/venv \
- && /opt/venv/bin/python -m pip install /wheels/*.whl \
+ && /opt/venv/bin/python -m pip install -c requirements.lock /wheels/*.whl \
  && /opt/venv/bin/threads-exporter --version
 
 FROM python:3.12.11-slim-bookworm

@@ -50,7 +50,8 @@ def test_slow_encoding_is_kept_in_reserve_so_answers_stay_in_time(hanging_export
         time.sleep(0.6)
         return b"encoded"
 
-    hanging_exporter.exposition(time.monotonic() + 1.5, None, slow_encode)  # learns how long encoding takes
+    # The first scrape learns how long encoding takes.
+    hanging_exporter.exposition(time.monotonic() + 1.5, None, slow_encode)
     start = time.monotonic()
     assert hanging_exporter.exposition(start + 1.5, None, slow_encode) == b"encoded"
     # Without the reserve: 1.5 s waiting for the account plus 0.6 s encoding, past 2 s.

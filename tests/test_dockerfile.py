@@ -182,12 +182,12 @@ def test_dockerignore_keeps_the_build_context_small():
     rules = [r.strip() for r in (REPO / ".dockerignore").read_text().splitlines()
              if r.strip() and not r.startswith("#")]
     assert rules[0] == "*", "ignore everything, then allow what the build copies"
-    for needed in ("pyproject.toml", "README.md", "exporter/"):
+    for needed in ("pyproject.toml", "README.md", "requirements.lock", "exporter/"):
         assert f"!{needed}" in rules
     copied = {w for s in parse_dockerfile(DOCKERFILE.read_text())
               for i in s.all("COPY") if not i.args.startswith("--from")
               for w in i.args.split()[:-1]}
-    assert copied == {"pyproject.toml", "README.md", "exporter"}
+    assert copied == {"pyproject.toml", "README.md", "requirements.lock", "exporter"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +269,7 @@ def installed() -> Iterator[Path]:
         src = root / "src"
         src.mkdir()
         # The same files the Dockerfile's COPY lines take (checked against .dockerignore above)
-        for name in ("pyproject.toml", "README.md"):
+        for name in ("pyproject.toml", "README.md", "requirements.lock"):
             shutil.copy2(REPO / name, src / name)
         shutil.copytree(REPO / "exporter", src / "exporter",
                         ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
@@ -283,7 +283,8 @@ def installed() -> Iterator[Path]:
         python = runnable_python(as_user(uid, gid))
         venv = root / "opt" / "venv"
         run(python, "-m", "venv", str(venv))
-        run(str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheels[0]))
+        run(str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-c",
+            str(src / "requirements.lock"), str(wheels[0]))
         store = root / "var" / "lib" / "threads-exporter"
         store.mkdir(parents=True)
         os.chown(store, uid, gid)

@@ -81,7 +81,8 @@ def _mutated(tmp_path: Path, old: str, new: str) -> subprocess.CompletedProcess[
     ("- time() < 86400", "- time() < 86400 * 0.25"),
     ("(threads_container_errors_total[15m])", "(threads_container_errors_total[40m])"),
     ("threads_containers_stuck > 0", "threads_containers_stuck > 2"),
-    ("threads_exporter_config_last_reload_successful == 0", "threads_exporter_config_last_reload_successful < 2"),
+    ("threads_exporter_config_last_reload_successful == 0",
+     "threads_exporter_config_last_reload_successful < 2"),
 ], ids=["high", "critical", "exhaustion", "failing-unknown", "down-job", "token-7d",
         "token-1d", "container-window", "stuck", "reload"])
 def test_unit_tests_catch_a_broken_rule(tmp_path: Path, old: str, new: str) -> None:

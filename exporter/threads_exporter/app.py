@@ -29,7 +29,7 @@ from threads_exporter.containers.storage import open_store
 from threads_exporter.containers.tracker import ContainerTracker, tracking_enabled
 from threads_exporter.graph.client import ThreadsClient
 from threads_exporter.graph.stats import ApiStats
-from threads_exporter.metrics import family
+from threads_exporter.metrics import gauge
 from threads_exporter.quotas.families import quota_families
 from threads_exporter.quotas.reader import QuotaReader, Reading
 from threads_exporter.redact import REDACT
@@ -122,11 +122,11 @@ class Exporter:
         return Snapshot(readings, self.stats.copy(), containers)
 
     def _own_families(self) -> list[Metric]:
-        info = family("threads_exporter_build_info")
+        info = gauge("threads_exporter_build_info")
         info.add_metric([__version__, platform.python_version()], 1)
-        reload = family("threads_exporter_config_last_reload_successful")
+        reload = gauge("threads_exporter_config_last_reload_successful")
         reload.add_metric([], 1 if self.reload_ok else 0)
-        reloaded = family("threads_exporter_config_last_reload_success_timestamp_seconds")
+        reloaded = gauge("threads_exporter_config_last_reload_success_timestamp_seconds")
         reloaded.add_metric([], self.reloaded_at)
         return [info, reload, reloaded]
 

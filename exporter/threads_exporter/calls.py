@@ -5,15 +5,15 @@ from __future__ import annotations
 from prometheus_client.core import Metric
 
 from threads_exporter.graph.stats import DURATION_BUCKETS, ApiStats
-from threads_exporter.metrics import family, histogram_buckets
+from threads_exporter.metrics import counter, gauge, histogram, histogram_buckets
 
 
 def api_families(stats: ApiStats, accounts: set[str] | None = None) -> list[Metric]:
     """Call counts, errors and reported usage; `accounts` limits the per-account series
     (and leaves out the exporter-wide latency histogram)."""
-    requests = family("threads_api_requests_total")
-    errors = family("threads_api_errors_total")
-    usage = family("threads_api_usage_ratio")
+    requests = counter("threads_api_requests_total")
+    errors = counter("threads_api_errors_total")
+    usage = gauge("threads_api_usage_ratio")
     for (account, endpoint), n in sorted(stats.requests.items()):
         if accounts is None or account in accounts:
             requests.add_metric([account, endpoint], n)
@@ -25,7 +25,7 @@ def api_families(stats: ApiStats, accounts: set[str] | None = None) -> list[Metr
             usage.add_metric([account, scope, kind], ratio)
     families = [requests, errors, usage]
     if accounts is None:
-        latency = family("threads_api_request_duration_seconds")
+        latency = histogram("threads_api_request_duration_seconds")
         for endpoint, (counts, total) in sorted(stats.durations.items()):
             latency.add_metric([endpoint], histogram_buckets(DURATION_BUCKETS, counts), total)
         families.append(latency)

@@ -143,7 +143,7 @@ def run(args: argparse.Namespace, simulator: SimulatorServer | None,
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=exporter.reload).start())
     serve_in_thread(server)
-    host, port = server.server_address[:2]
+    host, port = str(server.server_address[0]), server.server_address[1]
     scheme = "https" if web is not None and web.ssl_context is not None else "http"
     log.info("listening", extra={"address": f"{scheme}://{host}:{port}",
                                  "accounts": len(config.accounts), "version": __version__})

@@ -15,7 +15,6 @@ from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
-    Metric,
 )
 from prometheus_client.utils import floatToGoString
 
@@ -64,15 +63,6 @@ class Spec:
     def family_name(self) -> str:
         """The name prometheus_client's families take (without a counter's _total)."""
         return self.name.removesuffix("_total") if self.kind == "counter" else self.name
-
-    def family(self) -> Metric:
-        """An empty family for this metric, to fill for one scrape."""
-        labels = list(self.labels)
-        if self.kind == "counter":
-            return CounterMetricFamily(self.family_name, self.help, labels=labels)
-        if self.kind == "histogram":
-            return HistogramMetricFamily(self.name, self.help, labels=labels)
-        return GaugeMetricFamily(self.name, self.help, labels=labels)
 
 
 SPECS: tuple[Spec, ...] = (
@@ -143,9 +133,26 @@ def spec(name: str) -> Spec:
     return BY_NAME[name]
 
 
-def family(name: str) -> Metric:
-    """An empty family of the named metric (its exposed name, counters with _total)."""
-    return BY_NAME[name].family()
+def _of(name: str, kind: Kind) -> Spec:
+    s = BY_NAME[name]
+    if s.kind != kind:
+        raise TypeError(f"{name} is a {s.kind}, not a {kind}")
+    return s
+
+
+def gauge(name: str) -> GaugeMetricFamily:
+    s = _of(name, "gauge")
+    return GaugeMetricFamily(s.name, s.help, labels=list(s.labels))
+
+
+def counter(name: str) -> CounterMetricFamily:
+    s = _of(name, "counter")
+    return CounterMetricFamily(s.family_name, s.help, labels=list(s.labels))
+
+
+def histogram(name: str) -> HistogramMetricFamily:
+    s = _of(name, "histogram")
+    return HistogramMetricFamily(s.name, s.help, labels=list(s.labels))
 
 
 def histogram_buckets(bounds: Sequence[float], counts: Sequence[int | float],
@@ -153,7 +160,8 @@ def histogram_buckets(bounds: Sequence[float], counts: Sequence[int | float],
     """Cumulative (le, count) pairs from per-bucket counts (the last one is +Inf)."""
     out = []
     running: float = 0
-    for bound, n in zip((*map(floatToGoString, bounds), "+Inf"), counts, strict=True):
+    les = [str(floatToGoString(b)) for b in bounds]  # type: ignore[no-untyped-call]
+    for bound, n in zip((*les, "+Inf"), counts, strict=True):
         running += n
         out.append((bound, running))
     return out
@@ -163,7 +171,7 @@ def bucket_label(bounds: Sequence[float], value: float) -> str:
     """The `le` of the smallest bucket a value falls in."""
     for bound in bounds:
         if value <= bound:
-            return floatToGoString(bound)
+            return str(floatToGoString(bound))  # type: ignore[no-untyped-call]
     return "+Inf"
 
 

@@ -14,7 +14,14 @@ from threads_exporter.containers.policy import (
     STATUS_CHANGES,
 )
 from threads_exporter.containers.store import Tallies
-from threads_exporter.metrics import LABEL_VALUES, PROCESSING_BUCKETS, family, histogram_buckets
+from threads_exporter.metrics import (
+    LABEL_VALUES,
+    PROCESSING_BUCKETS,
+    counter,
+    gauge,
+    histogram,
+    histogram_buckets,
+)
 from threads_exporter.metrics import spec as metric_spec
 
 _PROCESSING_LABELS = [le for le, _ in histogram_buckets(PROCESSING_BUCKETS,
@@ -33,17 +40,17 @@ def container_families(snapshot: ContainerSnapshot, accounts: Sequence[str]) -> 
     so rate() and alerts work from the first error on."""
     if not snapshot.enabled:
         return []
-    health = family("threads_exporter_container_store_up")
+    health = gauge("threads_exporter_container_store_up")
     health.add_metric([], 1 if snapshot.store_ok else 0)
     t = snapshot.tallies
     if t is None:
         return [health]
-    containers = family("threads_containers")
-    changes = family("threads_container_status_changes_total")
-    errors = family("threads_container_errors_total")
-    stuck = family("threads_containers_stuck")
-    backlog = family("threads_containers_poll_backlog")
-    processing = family("threads_container_processing_seconds")
+    containers = gauge("threads_containers")
+    changes = counter("threads_container_status_changes_total")
+    errors = counter("threads_container_errors_total")
+    stuck = gauge("threads_containers_stuck")
+    backlog = gauge("threads_containers_poll_backlog")
+    processing = histogram("threads_container_processing_seconds")
     statuses = metric_spec("threads_containers").values["status"]
     c = t.counters
     for a in accounts:

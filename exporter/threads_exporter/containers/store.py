@@ -119,7 +119,7 @@ _REACHED = _COLUMNS.index("reached")
 def _row(values: Sequence[Any]) -> Row:
     # Positional (Row's fields are _COLUMNS in order): a poll round reads thousands of rows.
     reached = frozenset(s for s in values[_REACHED].split(",") if s)
-    return Row(*values[:_REACHED], reached, *values[_REACHED + 1:])
+    return Row(*values[:_REACHED], reached, *values[_REACHED + 1:])  # type: ignore[call-arg]
 
 
 @functools.cache
@@ -261,7 +261,8 @@ class Store:
 
     def due(self, now: float, limit: int, accounts: Sequence[str] | None = None) -> list[Row]:
         """Containers whose poll is due, the longest-waiting first."""
-        where, args = "next_poll_at <= ?", [now]
+        where = "next_poll_at <= ?"
+        args: list[object] = [now]
         if accounts is not None:
             where += f" AND account IN ({','.join('?' * len(accounts))})"
             args += accounts

@@ -41,7 +41,7 @@ class _Handler(BaseHTTPRequestHandler):
         if sim.latency:
             time.sleep(sim.latency)
         fault = account.fault if account is not None else None
-        if fault is not None and "threads_publishing_limit" in url.path:
+        if account is not None and fault is not None and "threads_publishing_limit" in url.path:
             self._fault(account, url.path, query)
             return
         status, payload = sim.handle(url.path, query)
@@ -125,7 +125,7 @@ class SimulatorServer(ThreadingHTTPServer):
     @property
     def base_url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> SimulatorServer:
         threading.Thread(target=self.serve_forever, name="simulator", daemon=True).start()

@@ -170,7 +170,7 @@ class Simulator:
         if container is not None and container.token == account.token:
             self.count("container")
             status, message = container.status_at(self.clock())
-            body = {"status": status, "id": container.id}
+            body: dict[str, str | None] = {"status": status, "id": container.id}
             if status == "ERROR":
                 body["error_message"] = message
             return 200, body

@@ -6,18 +6,18 @@ from collections.abc import Iterable
 
 from prometheus_client.core import Metric
 
-from threads_exporter.metrics import family
+from threads_exporter.metrics import gauge
 from threads_exporter.quotas.reader import Reading
 
 
 def quota_families(readings: Iterable[Reading]) -> list[Metric]:
-    up = family("threads_up")
-    usage = family("threads_quota_usage")
-    limit = family("threads_quota_limit")
-    window = family("threads_quota_window_seconds")
-    success = family("threads_last_success_timestamp_seconds")
-    failure = family("threads_last_error_reason")
-    expiry = family("threads_token_expiry_timestamp_seconds")
+    up = gauge("threads_up")
+    usage = gauge("threads_quota_usage")
+    limit = gauge("threads_quota_limit")
+    window = gauge("threads_quota_window_seconds")
+    success = gauge("threads_last_success_timestamp_seconds")
+    failure = gauge("threads_last_error_reason")
+    expiry = gauge("threads_token_expiry_timestamp_seconds")
     for r in readings:
         up.add_metric([r.account], 1 if r.up else 0)
         for quota, q in (r.quotas or {}).items():

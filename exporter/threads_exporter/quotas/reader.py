@@ -64,7 +64,7 @@ class _AccountState:
 
 def backoff_delay(reason: str, failures: int) -> float:
     first, longest = SLOW_BACKOFF if reason in (RATE_LIMITED, TOKEN_INVALID) else BACKOFF
-    return min(longest, first * 2 ** max(0, failures - 1))
+    return float(min(longest, first * 2 ** max(0, failures - 1)))
 
 
 @dataclass
@@ -177,9 +177,9 @@ class QuotaReader:
 
     def _reading(self, state: _AccountState) -> Reading:
         name = state.account.name
-        common = {"last_success": state.last_success, "token_expiry": state.token_expiry}
+        last, expiry = state.last_success, state.token_expiry
         if state.quotas is not None and state.task is None:
-            return Reading(name, dict(state.quotas), **common)
+            return Reading(name, dict(state.quotas), last_success=last, token_expiry=expiry)
         if state.error is not None and state.task is None:
-            return Reading(name, None, state.error.reason, str(state.error), **common)
-        return Reading(name, None, TIMEOUT, "no answer before the scrape deadline", **common)
+            return Reading(name, None, state.error.reason, str(state.error), last, expiry)
+        return Reading(name, None, TIMEOUT, "no answer before the scrape deadline", last, expiry)

@@ -145,7 +145,8 @@ def _api_authorized(h: Handler) -> bool:
 def list_containers(h: Handler) -> None:
     if not _api_authorized(h):
         return
-    account = (h.query.get("account") or [None])[-1]
+    accounts = h.query.get("account")
+    account = accounts[-1] if accounts else None
     try:
         listing = h.server.exporter.containers(account)
     except StoreError as e:
@@ -173,7 +174,7 @@ def register_container(h: Handler) -> None:
         h.send_json(HTTPStatus.BAD_REQUEST, {"error": "account: a configured account name "
                                              "(a string) is required"})
         return
-    if not valid_container_id(cid):
+    if not isinstance(cid, str) or not valid_container_id(cid):
         h.send_json(HTTPStatus.BAD_REQUEST, {"error": "id: a container id is a string of "
                                              "digits"})
         return

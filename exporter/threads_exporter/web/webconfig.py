@@ -205,7 +205,8 @@ def _decode(text: str) -> dict[str, Any]:
         raise WebConfigError(f"(top level): not valid YAML: {detail}") from None
     if node is None or _is_null(node):
         return {}
-    return _dec(node, _SCHEMA, "")
+    decoded: dict[str, Any] = _dec(node, _SCHEMA, "")
+    return decoded
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Re-resolve requirements.lock from pyproject.toml in a fresh venv (runtime + test extras).
+# Commit the result: CI, the Dockerfile and bench/ install exactly these versions, so a
+# number measured once reproduces from a fresh clone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=$(mktemp -d)
+trap 'rm -rf "$venv"' EXIT
+python3 -m venv "$venv"
+"$venv/bin/python" -m pip install -q --upgrade pip
+"$venv/bin/python" -m pip install -q -e '.[test]'
+{
+  echo "# The exact dependency set CI, the Dockerfile and the benchmark install with (pip -c)."
+  echo "# Regenerate with scripts/lock.sh after changing pyproject.toml's dependencies."
+  "$venv/bin/python" -m pip freeze --exclude-editable
+} > requirements.lock
+echo "requirements.lock: $(grep -vc '^#' requirements.lock) packages"
