@@ -1,26 +1,16 @@
-"""The public contract's metric families (../shared/CONTRACT.md), for tests that check
-dashboards and the real exposition against it."""
+"""The metric contract, as the tests read it: derived from the package's metric table
+(threads_exporter.metrics), never restated here."""
 
-# Metric families from the contract (plus threads_last_error_reason), with the labels each
-# carries (job and instance come from Prometheus). Histograms expand to _bucket/_sum/_count.
-CONTRACT = {
-    "threads_up": {"account"},
-    "threads_quota_usage": {"account", "quota"},
-    "threads_quota_limit": {"account", "quota"},
-    "threads_quota_window_seconds": {"account", "quota"},
-    "threads_last_success_timestamp_seconds": {"account"},
-    "threads_last_error_reason": {"account", "reason"},
-    "threads_api_requests_total": {"account", "endpoint"},
-    "threads_api_errors_total": {"account", "endpoint", "reason"},
-    "threads_api_request_duration_seconds": {"endpoint"},
-    "threads_containers": {"account", "status"},
-    "threads_container_status_changes_total": {"account", "status"},
-    "threads_container_errors_total": {"account", "error_message"},
-    "threads_containers_stuck": {"account"},
-    "threads_container_processing_seconds": {"account"},
-    "threads_token_expiry_timestamp_seconds": {"account"},
-    "threads_exporter_build_info": {"version", "python_version"},
-    "threads_exporter_config_last_reload_successful": set(),
-    "up": set(),
-}
-HISTOGRAMS = {"threads_api_request_duration_seconds", "threads_container_processing_seconds"}
+from threads_exporter.metrics import LABEL_VALUES, SPECS
+
+# Family name -> labels (job and instance come from Prometheus); `up` is Prometheus' own.
+CONTRACT: dict[str, set[str]] = {s.name: set(s.labels) for s in SPECS} | {"up": set()}
+KINDS: dict[str, str] = {s.name: s.kind for s in SPECS}
+HELP: dict[str, str] = {s.name: s.help for s in SPECS}
+HISTOGRAMS = {s.name for s in SPECS if s.kind == "histogram"}
+# Every series name a query may select: histograms expand to _bucket/_sum/_count.
+SERIES = {f"{name}{suffix}" for name in CONTRACT
+          for suffix in (("_bucket", "_sum", "_count") if name in HISTOGRAMS else ("",))}
+# Present only when Meta sends call-volume headers, which the demo's simulator does not.
+OPTIONAL = {"threads_api_usage_ratio"}
+BOUNDED = LABEL_VALUES

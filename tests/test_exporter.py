@@ -15,7 +15,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from contract import CONTRACT
+from contract import BOUNDED, CONTRACT, HELP, KINDS, OPTIONAL
 from procs import Proc, exporter, exporter_cmd, free_port, promtool_bin
 from threads_exporter.demo.server import SimulatorServer
 from threads_exporter.demo.simulator import demo_accounts, demo_simulator
@@ -68,24 +68,35 @@ def test_token_expiry_is_exported_where_debug_token_answers(demo):
 
 
 def test_demo_exposes_every_contract_family_with_its_labels(demo):
+    """Every metric of the table appears with its type, help and labels; every threads_*
+    family exposed is in the table; every bounded label stays within its values."""
     _, base = demo
     deadline = time.monotonic() + 30
     while True:  # container families need the demo's first containers polled
         text = httpx.get(base + "/metrics", timeout=10).text
+        families = {f.name: f for f in text_string_to_metric_families(text)}
         labels: dict[str, set[str]] = {}
-        for family in text_string_to_metric_families(text):
+        for family in families.values():
+            name = family.name + ("_total" if family.type == "counter" else "")
             for sample in family.samples:
-                name = sample.name.removesuffix("_bucket").removesuffix("_sum") \
-                    .removesuffix("_count") if family.type == "histogram" else sample.name
                 labels.setdefault(name, set()).update(set(sample.labels) - {"le"})
-        missing = {m for m in CONTRACT if m != "up" and m not in labels}
+        missing = {m for m in CONTRACT if m != "up" and m not in labels} - OPTIONAL
         if not missing or time.monotonic() > deadline:
             break
         time.sleep(1)
     assert not missing
-    for name, expected in CONTRACT.items():
-        if name != "up":
-            assert labels[name] == expected, name
+    for family in families.values():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        if not name.startswith("threads_"):
+            assert name.startswith(("process_", "python_")), name  # client_python's own
+            continue
+        assert name in CONTRACT, f"{name} is exposed but not in threads_exporter.metrics"
+        assert (family.type, family.documentation) == (KINDS[name], HELP[name]), name
+        assert labels.get(name, CONTRACT[name]) == CONTRACT[name], name  # unless no samples
+        for sample in family.samples:
+            for label, value in sample.labels.items():
+                assert label not in BOUNDED or value in BOUNDED[label], (name, label, value)
+    assert {"process_resident_memory_bytes", "python_info"} <= set(families)
 
 
 @pytest.mark.skipif(promtool_bin() is None, reason="promtool not installed")

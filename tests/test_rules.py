@@ -12,6 +12,7 @@ import promql_parser
 import pytest
 import yaml
 
+from contract import SERIES
 from procs import REPO, promtool_bin
 
 RULES = REPO / "prometheus" / "rules.yml"
@@ -22,16 +23,6 @@ REQUIRED_ALERTS = {
     "ThreadsAccountFailing", "ThreadsExporterDown", "ThreadsExporterAbsent",
     "ThreadsTokenExpiringSoon", "ThreadsTokenExpiresWithinOneDay",
     "ThreadsContainerFailures", "ThreadsContainersStuck",
-}
-KNOWN_METRICS = {
-    "threads_up", "threads_quota_usage", "threads_quota_limit", "threads_quota_window_seconds",
-    "threads_last_success_timestamp_seconds", "threads_last_error_reason",
-    "threads_api_requests_total", "threads_api_errors_total",
-    "threads_api_request_duration_seconds_bucket", "threads_containers",
-    "threads_container_status_changes_total", "threads_container_errors_total",
-    "threads_containers_stuck", "threads_container_processing_seconds_bucket",
-    "threads_token_expiry_timestamp_seconds", "threads_exporter_build_info",
-    "threads_exporter_config_last_reload_successful", "up",
 }
 
 
@@ -132,7 +123,7 @@ def test_rules_use_only_contract_metrics() -> None:
         promql_parser.walk(promql_parser.parse(r["expr"]), nodes.append)
         for n in nodes:
             if isinstance(n, promql_parser.VectorSelector):
-                assert n.name in KNOWN_METRICS | recorded, (r.get("alert") or r["record"],
+                assert n.name in SERIES | recorded, (r.get("alert") or r["record"],
                                                             n.name)
 
 
