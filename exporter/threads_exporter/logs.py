@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-from threads_exporter.redact import REDACT
+from threads_exporter.redact import REDACT, RedactingFilter
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
           "error": logging.ERROR}
@@ -52,6 +52,8 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    # Redacted before formatting too, so the record a handler sees never holds a secret.
+    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])

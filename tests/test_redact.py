@@ -1,0 +1,43 @@
+"""The redactor masks secrets, whatever characters they hold, in text and in log records."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from threads_exporter.redact import MASK, RedactingFilter, Redactor
+
+ODD = ['tok"en\\with"quotes', "tökén-ünïcode-€", "token with spaces", "short", "a|b*c+d(e)"]
+
+
+@pytest.mark.parametrize("secret", ODD)
+def test_secrets_with_odd_characters_are_masked(secret: str) -> None:
+    redact = Redactor()
+    redact.set_secrets([secret, "other-secret"])
+    text = f"before {secret} middle {secret}after other-secret"
+    out = redact(text)
+    assert secret not in out and "other-secret" not in out
+    assert out.count(MASK) == 3
+
+
+def test_a_secret_containing_another_is_masked_whole() -> None:
+    redact = Redactor()
+    redact.set_secrets(["abc", "xxabcxx"])
+    assert redact("see xxabcxx and abc") == f"see {MASK} and {MASK}"
+
+
+def test_token_parameters_and_bearer_values_are_masked_even_when_unknown() -> None:
+    out = Redactor()("GET /me?access_token=EAAB123&input_token=XYZ Authorization: Bearer q.w.e")
+    assert "EAAB123" not in out and "XYZ" not in out and "q.w.e" not in out
+
+
+def test_the_logging_filter_redacts_message_arguments_and_extras() -> None:
+    redact = Redactor()
+    redact.set_secrets(["SECRET-1"])
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "token %s in %r", ("SECRET-1",
+                               {"k": "SECRET-1"}), None)
+    record.error = "upstream said SECRET-1"
+    assert RedactingFilter(redact).filter(record)
+    assert "SECRET-1" not in record.getMessage()
+    assert "SECRET-1" not in record.error
