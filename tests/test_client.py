@@ -81,9 +81,15 @@ def test_a_success_is_not_an_error():
     assert graph_error(200, b'{"data": []}') is None
 
 
-def test_transient_flag_from_graph_is_honoured():
-    assert graph_error(400, graph(4, is_transient=True)).transient
-    assert not graph_error(400, graph(4)).transient
+def test_the_graph_code_decides_and_is_transient_never_makes_throttling_retryable():
+    # Real throttling answers carry is_transient: true with code 4 (also 17, 32, 613).
+    for code in (4, 17, 32, 613):
+        error = graph_error(400, graph(code, is_transient=True))
+        assert (error.reason, error.transient) == ("rate_limited", False)
+    for code, reason in ((190, "token_invalid"), (10, "permission"), (100, "invalid_request")):
+        error = graph_error(400, graph(code, is_transient=True))
+        assert (error.reason, error.transient) == (reason, False)
+    assert graph_error(500, graph(2, is_transient=False)).transient  # server errors: once
     assert graph_error(502, b"<html>").transient
 
 
@@ -246,13 +252,15 @@ def test_transient_failure_is_retried_once():
     assert client.stats.errors[("brand", "publishing_limit", "server_error")] == 1
 
 
-@pytest.mark.parametrize("code", [4, 190, 100])
-def test_non_transient_failure_is_not_retried(code):
+@pytest.mark.parametrize("code", [4, 17, 32, 613, 190, 100, 24])
+@pytest.mark.parametrize("is_transient", [True, None])
+def test_non_transient_failure_is_not_retried(code, is_transient):
     calls = []
+    extra = {} if is_transient is None else {"is_transient": is_transient}
 
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(1)
-        return httpx.Response(400, content=graph(code))
+        return httpx.Response(400, content=graph(code, **extra))
 
     with pytest.raises(ApiError):
         run(handler, lambda c: c.read_quotas(ACCOUNT, deadline()))

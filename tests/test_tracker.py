@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import replace
 
 import pytest
 from prometheus_client.exposition import generate_latest
@@ -56,12 +57,16 @@ def test_never_more_often_than_poll_interval() -> None:
     fast = Policy(poll_interval=120, stuck_poll_interval=5, finished_poll_interval=1)
     for status in (None, "IN_PROGRESS", "FINISHED"):
         for age in (0, 100, 10_000):
-            assert poll_interval(status, age, fast) == 120
+            for refusals in (0, 1, 5):
+                assert poll_interval(status, age, fast, refusals) >= 120
+    assert poll_interval("IN_PROGRESS", 100, fast) == 120
+    assert poll_interval("FINISHED", 10_000, fast) == 120
 
 
 def test_next_poll_at_counts_from_the_poll() -> None:
     assert next_poll_at("IN_PROGRESS", 1000, 1100, P) == 1160
-    assert next_poll_at("IN_PROGRESS", 1000, 1400, P) == 1700  # 400 s old: stuck pace
+    assert next_poll_at("IN_PROGRESS", 1000, 1300, P) == 1600  # just stuck: the stuck pace
+    assert next_poll_at("IN_PROGRESS", 1000, 1400, P) == 1800  # then doubling (see below)
     assert next_poll_at("PUBLISHED", 1000, 1100, P) is None
 
 
@@ -189,3 +194,55 @@ def test_disabled_tracking_has_no_families_and_a_failing_store_says_so() -> None
     assert container_families(ContainerSnapshot(False, enabled=False), ["brand"]) == []
     [health] = container_families(ContainerSnapshot(False), ["brand"])
     assert health.name == "threads_exporter_container_store_up" and health.samples[0].value == 0
+
+
+def polls_in_a_day(policy: Policy, *, status: str | None, refused: bool) -> int:
+    """Calls one container costs over 24 h when every answer is the same."""
+    t, polls, refusals = 0.0, 0, 0
+    while t < 86400:
+        polls += 1
+        refusals = refusals + 1 if refused else 0
+        interval = poll_interval(status, t, policy, refusals)
+        assert interval is not None
+        t += interval
+    return polls
+
+
+DEFAULTS = Policy(poll_interval=60, stuck_poll_interval=300, finished_poll_interval=900,
+                  stuck_after=300, expire_after=86400, max_poll_interval=3600)
+
+
+def test_stuck_containers_back_off_doubling_to_the_ceiling() -> None:
+    ages = [300.0]
+    while ages[-1] < 20_000:
+        interval = poll_interval("IN_PROGRESS", ages[-1], DEFAULTS)
+        assert interval is not None
+        ages.append(ages[-1] + interval)
+    assert ages[:6] == [300, 600, 1200, 2400, 4800, 8400]  # 300, 600, 1200, 2400, then 3600
+    # At most 40 calls over 24 h at the defaults (it was ~292 at a fixed 5-minute pace).
+    assert polls_in_a_day(DEFAULTS, status="IN_PROGRESS", refused=False) <= 40
+
+
+def test_refused_containers_back_off_and_transient_failures_keep_the_pace() -> None:
+    assert [poll_interval(None, 0, DEFAULTS, n) for n in (1, 2, 3, 4, 5, 9)] == \
+        [300, 600, 1200, 2400, 3600, 3600]
+    assert polls_in_a_day(DEFAULTS, status=None, refused=True) <= 40  # was ~1,440
+    # FINISHED, then Meta lost it ("Media Not Found"): the same backoff, not the 15-min pace.
+    assert poll_interval("FINISHED", 5000, DEFAULTS, 4) == 2400
+    row = Row("brand", "1", "FINISHED", None, frozenset({"FINISHED"}), 0.0, 10.0, 10.0, 10.0,
+              3, 0, None, 910.0, None)
+    lost = failed(row, ApiError("invalid_request", "Media Not Found", 24, 4279009), 1000.0,
+                  DEFAULTS)
+    assert lost.fields["refusals"] == 1 and lost.fields["next_poll_at"] == 1300
+    assert (lost.fields["error_code"], lost.fields["error_subcode"]) == (24, 4279009)
+    assert "status" not in lost.fields  # FINISHED stays the last known status
+    again = failed(replace(row, refusals=1), ApiError("invalid_request", "lost", 24), 1300.0,
+                   DEFAULTS)
+    assert again.fields["refusals"] == 2 and again.fields["next_poll_at"] == 1900
+    for reason in ("server_error", "timeout", "connection", "bad_response", "rate_limited"):
+        change = failed(replace(row, refusals=3), ApiError(reason, "x"), 1000.0, DEFAULTS)
+        assert change.fields["refusals"] == 0
+        assert change.fields["next_poll_at"] == 1900  # the FINISHED pace
+    answered = observed(replace(row, refusals=3), ContainerStatus("PUBLISHED"), 1000.0, 1000.0,
+                        DEFAULTS)
+    assert answered.fields["refusals"] == 0 and answered.fields["error_reason"] is None

@@ -41,6 +41,9 @@ class Account:
     user_id: str
     access_token: str = field(repr=False)
     quotas: tuple[str, ...] = QUOTA_GROUPS
+    # An app access token (TH|app-id|app-secret) for debug_token: apps in development mode
+    # refuse debug_token asked with the user's own token. The account's own, or api's.
+    app_access_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ class ContainersConfig:
     # Meta: poll IN_PROGRESS for at most 5 minutes; a container unpublished for 24 h expires.
     stuck_after_seconds: float = 300.0
     expire_after_seconds: float = 24 * 3600.0
+    # The slowest pace of the backoff for stuck and refused containers.
+    max_poll_interval_seconds: float = 3600.0
     state_path: str = "threads-exporter.db"
     api_token: str | None = field(default=None, repr=False)
     track: tuple[TrackedContainer, ...] = ()
@@ -129,6 +134,7 @@ class Config:
     def secrets(self) -> list[str]:
         """Every secret string in this config, for redaction."""
         found = [a.access_token for a in self.accounts]
+        found += [a.app_access_token for a in self.accounts if a.app_access_token]
         if self.containers.api_token:
             found.append(self.containers.api_token)
         return found
@@ -243,7 +249,25 @@ def _read_secret_file(path: str, where: str) -> str:
     return first
 
 
-def _account(data: Any, path: str, env: dict[str, str]) -> Account:
+def _secret(f: _Fields, key: str) -> str | None:
+    """A secret given inline (`key`) or as the first line of a file (`key_file`), not both."""
+    inline, file = f.has(key), f.has(f"{key}_file")
+    if inline and file:
+        raise ConfigError(f"{f.path or '<top>'}: set only one of {key} and {key}_file")
+    value = None
+    if inline:
+        value = f.string(key)
+        if not value:
+            raise ConfigError(f"{f.at(key)}: is empty")
+    elif file:
+        value = _read_secret_file(f.string(f"{key}_file"), f.at(f"{key}_file"))
+    f.raw(key)
+    f.raw(f"{key}_file")
+    return value
+
+
+def _account(data: Any, path: str, env: dict[str, str],
+             app_access_token: str | None = None) -> Account:
     f = _Fields(data, path, env)
     name = f.string("name", required=True)
     if not ACCOUNT_NAME.fullmatch(name):
@@ -251,18 +275,10 @@ def _account(data: Any, path: str, env: dict[str, str]) -> Account:
     user_id = f.string("user_id", "me")
     if user_id != "me" and not CONTAINER_ID.fullmatch(user_id):
         raise ConfigError(f"{f.at('user_id')}: must be 'me' or a numeric id, got {user_id!r}")
-    if f.has("access_token") and f.has("access_token_file"):
-        raise ConfigError(f"{path}: set only one of access_token and access_token_file")
-    if f.has("access_token"):
-        token = f.string("access_token")
-        if not token:
-            raise ConfigError(f"{f.at('access_token')}: is empty")
-    elif f.has("access_token_file"):
-        token = _read_secret_file(f.string("access_token_file"), f.at("access_token_file"))
-    else:
+    token = _secret(f, "access_token")
+    if token is None:
         raise ConfigError(f"{path}: one of access_token or access_token_file is required")
-    f.raw("access_token")
-    f.raw("access_token_file")
+    app_token = _secret(f, "app_access_token") or app_access_token
     quotas = QUOTA_GROUPS
     if f.has("quotas"):
         listed = f.items("quotas")
@@ -277,7 +293,8 @@ def _account(data: Any, path: str, env: dict[str, str]) -> Account:
         quotas = tuple(q for q in QUOTA_GROUPS if q in listed)
     f.raw("quotas")
     f.done()
-    return Account(name=name, user_id=user_id, access_token=token, quotas=quotas)
+    return Account(name=name, user_id=user_id, access_token=token, quotas=quotas,
+                   app_access_token=app_token)
 
 
 def _containers(f: _Fields, accounts: dict[str, Account]) -> ContainersConfig:
@@ -320,6 +337,9 @@ def _containers(f: _Fields, accounts: dict[str, Account]) -> ContainersConfig:
             "expire_after_hours", d.expire_after_seconds / 3600, minimum=0.01
         )
         * 3600,
+        max_poll_interval_seconds=f.number(
+            "max_poll_interval_seconds", d.max_poll_interval_seconds, minimum=1
+        ),
         state_path=f.string("state_path", d.state_path),
         api_token=api_token,
         track=tuple(track),
@@ -346,11 +366,12 @@ def parse_config(data: Any, env: dict[str, str] | None = None) -> Config:
         timeout_seconds=a.number("timeout_seconds", d.timeout_seconds, minimum=0.1),
         max_concurrency=a.number("max_concurrency", d.max_concurrency, minimum=1, integer=True),
     )
+    app_access_token = _secret(a, "app_access_token")
     a.done()
 
     accounts: dict[str, Account] = {}
     for i, item in enumerate(top.items("accounts")):
-        account = _account(item, f"accounts[{i}]", env)
+        account = _account(item, f"accounts[{i}]", env, app_access_token)
         if account.name in accounts:
             raise ConfigError(f"accounts[{i}].name: duplicate account name {account.name!r}")
         accounts[account.name] = account

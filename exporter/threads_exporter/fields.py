@@ -31,7 +31,7 @@ USAGE_HEADERS: dict[str, str] = {"x-app-usage": "app", "x-business-use-case-usag
 USAGE_KINDS: tuple[str, ...] = ("call_count", "total_cputime", "total_time")
 
 # The exporter's endpoints, as the `endpoint` label names them.
-ENDPOINTS: tuple[str, ...] = ("publishing_limit", "container", "debug_token")
+ENDPOINTS: tuple[str, ...] = ("publishing_limit", "container", "debug_token", "me")
 
 
 def quota_fields(groups: Iterable[str]) -> str:

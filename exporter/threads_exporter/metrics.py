@@ -107,6 +107,9 @@ SPECS: tuple[Spec, ...] = (
          ("account",), "containers", PROCESSING_BUCKETS),
     Spec("threads_containers_poll_backlog", "gauge", "Containers whose poll is due but has "
          "not been made yet", ("account",), "containers"),
+    Spec("threads_containers_unanswered", "gauge", "Tracked containers not final whose "
+         "latest poll Meta refused (an id that is no container, or a container Meta lost); "
+         "polled at a backing-off pace", ("account",), "containers"),
     # --- the exporter itself ---
     Spec("threads_exporter_build_info", "gauge", "Version of the exporter; always 1",
          ("version", "python_version"), "exporter"),

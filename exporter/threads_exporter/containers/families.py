@@ -50,6 +50,7 @@ def container_families(snapshot: ContainerSnapshot, accounts: Sequence[str]) -> 
     errors = counter("threads_container_errors_total")
     stuck = gauge("threads_containers_stuck")
     backlog = gauge("threads_containers_poll_backlog")
+    unanswered = gauge("threads_containers_unanswered")
     processing = histogram("threads_container_processing_seconds")
     statuses = metric_spec("threads_containers").values["status"]
     c = t.counters
@@ -61,7 +62,8 @@ def container_families(snapshot: ContainerSnapshot, accounts: Sequence[str]) -> 
             errors.add_metric([a, m], c.get((ERRORS, a, m), 0))
         stuck.add_metric([a], t.stuck.get(a, 0))
         backlog.add_metric([a], t.backlog.get(a, 0))
+        unanswered.add_metric([a], t.unanswered.get(a, 0))
         counts = [int(c.get((PROCESSING, a, le), 0)) for le in _PROCESSING_LABELS]
         processing.add_metric([a], histogram_buckets(PROCESSING_BUCKETS, counts),
                               c.get((PROCESSING, a, PROCESSING_SUM), 0.0))
-    return [health, containers, changes, errors, stuck, backlog, processing]
+    return [health, containers, changes, errors, stuck, backlog, unanswered, processing]

@@ -25,4 +25,9 @@ def describe(row: Row, now: float, policy: Policy) -> dict[str, Any]:
         "last_seen": _time(row.last_seen), "last_polled": _time(row.last_polled),
         "next_poll_at": _time(row.next_poll_at), "finished_at": _time(row.finished_at),
         "polls": row.polls, "poll_errors": row.poll_errors, "last_error": row.last_error,
+        "last_error_reason": row.error_reason, "last_error_code": row.error_code,
+        "last_error_subcode": row.error_subcode,
+        # Meta refused the latest poll(s): the id is no container, or Meta lost it.
+        "unanswered": row.refusals > 0 and row.next_poll_at is not None,
+        "refused_polls": row.refusals,
     }

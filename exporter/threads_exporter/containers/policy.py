@@ -1,10 +1,13 @@
 """The polling policy, as pure functions over plain data: a stored Row in, a Change out.
 
 Meta's guidance: poll a container once a minute for at most five minutes. So IN_PROGRESS is
-polled every poll_interval for stuck_after (5 min), then counted as stuck and polled slowly;
-FINISHED waits for its publisher (hours, possibly) and is polled slowly; PUBLISHED, ERROR and
-EXPIRED are never polled again; a container without a final status after expire_after (24 h)
-has expired by Meta's rules and is marked EXPIRED without another call.
+polled every poll_interval for stuck_after (5 min), then counted as stuck and polled at the
+stuck pace, doubling up to max_poll_interval; FINISHED waits for its publisher (hours,
+possibly) and is polled slowly; PUBLISHED, ERROR and EXPIRED are never polled again; a
+container without a final status after expire_after (24 h) has expired by Meta's rules and is
+marked EXPIRED without another call. A container Meta refuses to answer for (an id that is
+no container, a container Meta lost) backs off the same way, one doubling per refusal, while
+a transient failure (5xx, timeout) keeps the normal pace.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from threads_exporter.fields import (
     PUBLISHED,
     error_label,
 )
-from threads_exporter.graph.errors import ApiError
+from threads_exporter.graph.errors import REFUSED, ApiError
 from threads_exporter.graph.parse import ContainerStatus
 from threads_exporter.metrics import PROCESSING_BUCKETS, bucket_label
 
@@ -43,30 +46,41 @@ class Policy:
     stuck_after: float = 300.0
     expire_after: float = 86400.0
     retention: float = 48 * 3600.0
+    max_poll_interval: float = 3600.0
 
     @classmethod
     def from_config(cls, c: ContainersConfig) -> Policy:
         return cls(c.poll_interval_seconds, c.stuck_poll_interval_seconds,
                    c.finished_poll_interval_seconds, c.stuck_after_seconds,
-                   c.expire_after_seconds, c.retention_seconds)
+                   c.expire_after_seconds, c.retention_seconds, c.max_poll_interval_seconds)
+
+    @property
+    def slowest(self) -> float:
+        """The backoff's ceiling; never below the stuck pace it starts from."""
+        return max(self.max_poll_interval, self.stuck_poll_interval)
 
 
-def poll_interval(status: str | None, age: float, policy: Policy) -> float | None:
-    """Seconds until the next poll of a container in a status, or None: never again."""
+def poll_interval(status: str | None, age: float, policy: Policy,
+                  refusals: int = 0) -> float | None:
+    """Seconds until the next poll of a container in a status, `age` seconds after its
+    registration, after `refusals` polls in a row that Meta refused; None: never again."""
     if status in FINAL_STATUSES:
         return None
-    if status == FINISHED:
+    if refusals > 0:
+        interval = min(policy.slowest, policy.stuck_poll_interval * 2.0 ** (refusals - 1))
+    elif status == FINISHED:
         interval = policy.finished_poll_interval
     elif status == IN_PROGRESS and age >= policy.stuck_after:
-        interval = policy.stuck_poll_interval
+        # Doubling: polls at stuck_after + 0, 1, 3, 7, ... stuck paces, up to the ceiling.
+        interval = min(policy.slowest, age - policy.stuck_after + policy.stuck_poll_interval)
     else:
         interval = policy.poll_interval  # IN_PROGRESS for now, or never answered yet
     return max(interval, policy.poll_interval)
 
 
 def next_poll_at(status: str | None, registered_at: float, polled_at: float,
-                 policy: Policy) -> float | None:
-    interval = poll_interval(status, polled_at - registered_at, policy)
+                 policy: Policy, refusals: int = 0) -> float | None:
+    interval = poll_interval(status, polled_at - registered_at, policy, refusals)
     return None if interval is None else polled_at + interval
 
 
@@ -117,19 +131,29 @@ def observed(row: Row, answer: ContainerStatus, polled_at: float, now: float,
         "last_polled": polled_at,
         "polls": row.polls + 1,
         "last_error": None,
+        "error_reason": None,
+        "error_code": None,
+        "error_subcode": None,
+        "refusals": 0,
         "next_poll_at": next_poll_at(answer.status, row.registered_at, polled_at, policy),
         "finished_at": (row.finished_at or now) if final else None,
     }, tuple(counters))
 
 
 def failed(row: Row, error: ApiError, polled_at: float, policy: Policy) -> Change:
-    """A failed poll: the last known status stays, the poll still counts for the pacing."""
+    """A failed poll: the last known status stays, the poll still counts for the pacing.
+    A refusal (Meta answered an error for this id) backs off; anything else keeps the pace."""
+    refusals = row.refusals + 1 if error.reason in REFUSED else 0
     return Change(row.account, row.id, row.status, row.polls, {
         "last_polled": polled_at,
         "polls": row.polls + 1,
         "poll_errors": row.poll_errors + 1,
         "last_error": str(error),
-        "next_poll_at": next_poll_at(row.status, row.registered_at, polled_at, policy),
+        "error_reason": error.reason,
+        "error_code": error.code,
+        "error_subcode": error.subcode,
+        "refusals": refusals,
+        "next_poll_at": next_poll_at(row.status, row.registered_at, polled_at, policy, refusals),
     })
 
 

@@ -20,10 +20,10 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = ("""
 CREATE TABLE IF NOT EXISTS containers (
     account       TEXT NOT NULL,
@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS containers (
     last_error    TEXT,
     next_poll_at  REAL,              -- NULL once final: never polled again
     finished_at   REAL,              -- when it became final: retention counts from here
+    error_reason  TEXT,              -- the latest failed poll's reason (NULL after an answer)
+    error_code    INTEGER,           -- and its Graph error code and subcode, where sent
+    error_subcode INTEGER,
+    refusals      INTEGER NOT NULL DEFAULT 0,  -- polls Meta refused in a row: the backoff
     PRIMARY KEY (account, id)
 ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS containers_due ON containers (next_poll_at)",
@@ -56,7 +60,13 @@ CREATE TABLE IF NOT EXISTS containers (
 )
 _COLUMNS = ("account", "id", "status", "error_message", "reached", "registered_at",
             "first_seen", "last_seen", "last_polled", "polls", "poll_errors", "last_error",
-            "next_poll_at", "finished_at")
+            "next_poll_at", "finished_at", "error_reason", "error_code", "error_subcode",
+            "refusals")
+# Columns added since schema 1, added in place to a file an older exporter wrote.
+_MIGRATIONS = {2: ("ALTER TABLE containers ADD COLUMN error_reason TEXT",
+                   "ALTER TABLE containers ADD COLUMN error_code INTEGER",
+                   "ALTER TABLE containers ADD COLUMN error_subcode INTEGER",
+                   "ALTER TABLE containers ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0")}
 _SETTABLE = frozenset(_COLUMNS) - {"account", "id", "registered_at"}
 
 
@@ -84,6 +94,10 @@ class Row:
     last_error: str | None
     next_poll_at: float | None
     finished_at: float | None
+    error_reason: str | None = None
+    error_code: int | None = None
+    error_subcode: int | None = None
+    refusals: int = 0
 
     @property
     def key(self) -> tuple[str, str]:
@@ -111,6 +125,7 @@ class Tallies:
     stuck: dict[str, int]
     backlog: dict[str, int]
     counters: dict[tuple[str, str, str], float]  # (family, account, label) -> value
+    unanswered: dict[str, int] = field(default_factory=dict)  # refused at their latest poll
 
 
 _REACHED = _COLUMNS.index("reached")
@@ -155,6 +170,15 @@ class Store:
                 f"process (lock {lock_path} is held); give each exporter its own "
                 "containers.state_path") from None
         try:
+            # Owner-only, like the lock: listings and errors are nobody else's business.
+            # SQLite gives the -wal and -shm files the database file's permissions.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            os.chmod(path, 0o600)
+        except OSError as e:
+            self.close()
+            raise StoreError(f"{path}: cannot open the container state file: {e.strerror}") \
+                from None
+        try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                        timeout=5.0)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -164,6 +188,10 @@ class Store:
                 raise StoreError(f"{path}: written by a newer threads-exporter "
                                  f"(schema {version}, this one knows {SCHEMA_VERSION})")
             with self._tx() as db:
+                for upgrade in range(version + 1, SCHEMA_VERSION + 1):
+                    if version and upgrade in _MIGRATIONS:
+                        for statement in _MIGRATIONS[upgrade]:
+                            db.execute(statement)
                 for statement in _SCHEMA:
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -296,10 +324,13 @@ class Store:
                            [stuck_before])
         backlog = self._read("SELECT account, COUNT(*) FROM containers "
                              "WHERE next_poll_at <= ? GROUP BY account", [now])
+        unanswered = self._read("SELECT account, COUNT(*) FROM containers WHERE refusals > 0 "
+                                "AND next_poll_at IS NOT NULL GROUP BY account")
         counters = self._read("SELECT family, account, label, value FROM counters")
         return Tallies(
             counts={(a, s): n for a, s, n in counts},
             stuck=dict(stuck),
             backlog=dict(backlog),
+            unanswered=dict(unanswered),
             counters={(f, a, lbl): v for f, a, lbl, v in counters},
         )

@@ -30,6 +30,7 @@ from threads_exporter.graph.parse import (
     Quota,
     parse_container,
     parse_debug_token,
+    parse_me,
     parse_publishing_limit,
 )
 from threads_exporter.graph.stats import ApiStats
@@ -78,8 +79,10 @@ class ThreadsClient:
 
     async def _get(self, account: Account, endpoint: str, path: str, params: dict[str, str],
                    deadline: float, parse: Callable[[bytes], T], poll: bool = False) -> T:
-        """One GET with at most one retry of a transient failure, while the deadline allows.
-        A container poll (poll=True) yields the connection budget to quota readings."""
+        """One GET with at most one retry of a transient failure (server_error, timeout,
+        connection), while the deadline allows. A container poll (poll=True) yields the
+        connection budget to quota readings. `params` may name its own access_token."""
+        params = {"access_token": account.access_token, **params}
         try:
             return await self._attempt(account, endpoint, path, params, deadline, parse, poll)
         except ApiError as first:
@@ -102,8 +105,7 @@ class ThreadsClient:
             reason = None
             try:
                 async with asyncio.timeout(remaining):  # no extra task, unlike wait_for
-                    status, body, usage = await transport.get(
-                        path, {**params, "access_token": account.access_token})
+                    status, body, usage = await transport.get(path, params)
                 self.stats.record_usage(account.name, usage)
                 error = graph_error(status, body)
                 if error is not None:
@@ -184,6 +186,14 @@ class ThreadsClient:
                                poll=True)
 
     async def token_expiry(self, account: Account, deadline: float) -> float | None:
-        return await self._get(account, "debug_token", "/debug_token",
-                               {"input_token": account.access_token}, deadline,
+        """The token's expiry from debug_token, asked with the app access token where one is
+        configured (apps in development mode refuse it asked with the token itself)."""
+        params = {"input_token": account.access_token}
+        if account.app_access_token:
+            params["access_token"] = account.app_access_token
+        return await self._get(account, "debug_token", "/debug_token", params, deadline,
                                parse_debug_token)
+
+    async def token_user_id(self, account: Account, deadline: float) -> str:
+        """The id of the user the account's token belongs to (GET /me?fields=id)."""
+        return await self._get(account, "me", "/me", {"fields": "id"}, deadline, parse_me)

@@ -18,19 +18,26 @@ CONNECTION = "connection"
 BAD_RESPONSE = "bad_response"
 REASONS = (TOKEN_INVALID, RATE_LIMITED, PERMISSION, INVALID_REQUEST, SERVER_ERROR, TIMEOUT,
            CONNECTION, BAD_RESPONSE)
+# Retried once at once, whatever the answer's is_transient says: Meta sets is_transient on
+# throttling (code 4), where an immediate retry only spends more of the budget.
 TRANSIENT = frozenset({SERVER_ERROR, TIMEOUT, CONNECTION})
+# Meta answered, and refused this very request: asking again soon gets the same answer.
+REFUSED = frozenset({INVALID_REQUEST, PERMISSION})
 
 
 class ApiError(Exception):
     """A failed call. The message is safe to log: it never holds a URL or a token."""
 
     def __init__(self, reason: str, message: str, code: int | None = None,
-                 transient: bool = False):
+                 subcode: int | None = None):
         self.reason = reason
         self.code = code
-        self.transient = transient or reason in TRANSIENT
+        self.subcode = subcode
+        self.transient = reason in TRANSIENT
         text = REDACT(message)[:300]
-        super().__init__(f"{reason}: {text}" + (f" (code {code})" if code is not None else ""))
+        where = "" if code is None else f" (code {code}" + (
+            f", subcode {subcode})" if subcode is not None else ")")
+        super().__init__(f"{reason}: {text}{where}")
 
 
 def reason_for_code(code: int) -> str | None:
@@ -64,19 +71,22 @@ def graph_error(status: int, body: bytes) -> ApiError | None:
     payload = load_json(body)
     err = payload.get("error") if isinstance(payload, dict) else None
     if isinstance(err, dict):
-        code = err.get("code")
-        code = code if isinstance(code, int) and not isinstance(code, bool) else None
+        code, subcode = _int(err.get("code")), _int(err.get("error_subcode"))
         reason = (reason_for_code(code) if code is not None else None) or (
             reason_for_status(status) if status >= 400 else INVALID_REQUEST
         )
         message = err.get("message")
         message = message if isinstance(message, str) else "Graph API error"
-        return ApiError(reason, message, code, transient=err.get("is_transient") is True)
+        return ApiError(reason, message, code, subcode)
     if status >= 400:
         return ApiError(reason_for_status(status), f"HTTP {status} without a Graph error body")
     if payload is None:
         return ApiError(BAD_RESPONSE, f"HTTP {status} body is not JSON")
     return None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def load_json(body: bytes) -> Any:

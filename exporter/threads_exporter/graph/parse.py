@@ -9,11 +9,13 @@ from typing import Any
 from threads_exporter.fields import (
     CONTAINER_STATUSES,
     ERROR,
+    ERROR_MESSAGES,
     QUOTA_FIELDS,
     USAGE_HEADERS,
     USAGE_KINDS,
 )
 from threads_exporter.graph.errors import BAD_RESPONSE, ApiError, load_json
+from threads_exporter.redact import REDACT
 
 _SANE_MAX = 10**12  # larger counts are not a real quota
 
@@ -79,6 +81,9 @@ def parse_container(body: bytes) -> ContainerStatus:
     message = payload.get("error_message")
     if status != ERROR or not isinstance(message, str) or not message:
         message = None
+    elif message not in ERROR_MESSAGES:
+        # Stored and listed as sent; an undocumented text could echo a token back.
+        message = REDACT(message)[:300]
     return ContainerStatus(status=status, error_message=message)
 
 
@@ -91,6 +96,17 @@ def parse_debug_token(body: bytes) -> float | None:
             or not 0 <= expires < float("inf"):
         raise ApiError(BAD_RESPONSE, "debug_token response has no expires_at")
     return float(expires) or None
+
+
+def parse_me(body: bytes) -> str:
+    """The user id in a /me?fields=id answer."""
+    payload = load_json(body)
+    user_id = payload.get("id") if isinstance(payload, dict) else None
+    if isinstance(user_id, int) and not isinstance(user_id, bool):
+        user_id = str(user_id)
+    if not isinstance(user_id, str) or not user_id.isascii() or not user_id.isdigit():
+        raise ApiError(BAD_RESPONSE, "/me response has no numeric id")
+    return user_id
 
 
 def parse_usage_headers(headers: Mapping[str, str]) -> dict[tuple[str, str], float]:

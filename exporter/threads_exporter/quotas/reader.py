@@ -16,6 +16,7 @@ from threads_exporter.config import Account, Config
 from threads_exporter.graph.client import ThreadsClient
 from threads_exporter.graph.errors import (
     BAD_RESPONSE,
+    INVALID_REQUEST,
     RATE_LIMITED,
     TIMEOUT,
     TOKEN_INVALID,
@@ -60,6 +61,8 @@ class _AccountState:
     token_expiry: float | None = None
     token_checked_at: float | None = None  # monotonic
     token_task: asyncio.Task[None] | None = None
+    verified: bool = False  # a numeric user_id was checked against the token's user
+    misconfigured: ApiError | None = None  # the user_id is not the token's: no more calls
 
 
 def backoff_delay(reason: str, failures: int) -> float:
@@ -114,6 +117,8 @@ class QuotaReader:
         now = self.clock()
         if state.task is not None:
             return state.task  # another scrape already asked: share its request
+        if state.misconfigured is not None:
+            return None  # until a reload fixes the config
         if state.quotas is not None and now < state.fresh_until:
             return None
         if state.error is not None and now < state.retry_at:
@@ -126,9 +131,13 @@ class QuotaReader:
         # a slow account's answer still lands in the cache for the next scrape.
         deadline = max(deadline, self.clock() + self.client.api.timeout_seconds)
         try:
+            if not state.verified and state.account.user_id != "me":
+                await self._verify(state, deadline)
             quotas = await self.client.read_quotas(state.account, deadline)
         except Exception as e:
-            if isinstance(e, ApiError):
+            if e is state.misconfigured:
+                state.error, state.quotas = state.misconfigured, None
+            elif isinstance(e, ApiError):
                 error = e
             else:  # never let one account's bug take down a scrape
                 log.exception("quota reading crashed", extra={"account": state.account.name})
@@ -142,6 +151,22 @@ class QuotaReader:
             state.last_success = self.wall()
         finally:
             state.task = None
+
+    async def _verify(self, state: _AccountState, deadline: float) -> None:
+        """A numeric user_id must be the token's user: a wrong one answers with errors that
+        read as Meta outages (code 2) or permissions, so it is caught here, once."""
+        account = state.account
+        actual = await self.client.token_user_id(account, deadline)
+        if actual != account.user_id:
+            state.misconfigured = ApiError(
+                INVALID_REQUEST, f"user_id {account.user_id} is not the user of the account's "
+                f"token ({actual}); fix user_id in the config (or use 'me')")
+            log.error("user_id does not belong to the account's token; no quota readings "
+                      "until the config is fixed", extra={
+                          "account": account.name, "user_id": account.user_id,
+                          "token_user_id": actual})
+            raise state.misconfigured
+        state.verified = True
 
     def _failed(self, state: _AccountState, error: ApiError) -> None:
         state.failures += 1
