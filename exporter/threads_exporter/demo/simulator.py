@@ -32,7 +32,11 @@ ALL_SCOPES = ("threads_basic", "threads_content_publish", "threads_manage_replie
 # Media container lifecycles; the demo cycles through this pattern, so every few minutes it
 # shows each outcome: published, failed (each error_message in turn), expired, stuck.
 LIFECYCLES = ("publish", "publish", "error", "publish", "expire", "publish", "error", "stuck",
-              "publish", "error")
+              "publish", "error", "lost", "not_a_container")
+# Pseudo statuses of a lifecycle step: the answer is a Graph error, as recorded in production.
+LOST = "LOST"  # code 24, subcode 4279009 "Media Not Found" (also seen right after FINISHED)
+MEDIA_ID = "MEDIA_ID"  # a published media id registered by mistake: code 100 on `status`
+DEMO_APP_TOKEN = "TH|1000000000000|demo-app-secret"  # the demo's app access token
 DEMO_API_TOKEN = "demo-api-token"  # the demo's container API token, shown in the banner
 DEMO_CONTAINER_SCALE = 0.1  # demo containers process and publish ten times faster
 DEMO_CONTAINER_TTL = 600.0  # and expire after 10 minutes instead of 24 hours
@@ -55,6 +59,7 @@ class SimAccount:
     phase: float = 0.0
     fault: str | None = None
     slow_seconds: float = 0.0
+    dev_mode: bool = False  # its app refuses debug_token asked with the user's own token
 
 
 @dataclass(frozen=True)
@@ -88,16 +93,24 @@ def lifecycle(kind: str, n: int, scale: float, ttl: float,
         return ((30 * scale, "FINISHED", None), (ttl, "EXPIRED", None))
     if kind == "stuck":
         return ()
+    if kind == "lost":
+        processed = (20 + 15 * (n % 5)) * scale
+        return ((processed, "FINISHED", None), (processed + 30 * scale, LOST, None))
+    if kind == "not_a_container":
+        return ((0.0, MEDIA_ID, None),)
     raise ValueError(f"unknown lifecycle {kind!r}")
 
 
 def error_body(message: str, code: int, *, type_: str = "THApiException",
-               subcode: int | None = None, transient: bool | None = None) -> dict[str, Any]:
+               subcode: int | None = None, transient: bool | None = None,
+               user: tuple[str, str] | None = None) -> dict[str, Any]:
     err: dict[str, Any] = {"message": message, "type": type_, "code": code}
     if subcode is not None:
         err["error_subcode"] = subcode
     if transient is not None:
         err["is_transient"] = transient
+    if user is not None:  # localized texts for the end user, as Meta sends them
+        err["error_user_title"], err["error_user_msg"] = user
     err["fbtrace_id"] = "AbCdEfGhIjK"
     return {"error": err}
 
@@ -117,6 +130,7 @@ class Simulator:
     containers: dict[str, SimContainer] = field(default_factory=dict)
     container_scale: float = 1.0
     container_ttl: float = DAY
+    app_tokens: set[str] = field(default_factory=lambda: {DEMO_APP_TOKEN})
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _kinds: dict[str, int] = field(default_factory=dict)  # lifecycle -> containers made
 
@@ -151,25 +165,38 @@ class Simulator:
         return parts[1:], account
 
     def handle(self, path: str, query: dict[str, str]) -> tuple[int, Any]:
+        if path.rstrip("/").endswith("/debug_token") and query.get("access_token") in \
+                self.app_tokens:
+            self.count("debug_token")
+            return self.debug_token(query.get("input_token", ""), app=True)
         auth = self._authenticate(path, query)
         if isinstance(auth[0], int):
             return auth
         rest, account = auth
         if rest == ["debug_token"]:
             self.count("debug_token")
-            return self.debug_token(query.get("input_token", ""))
+            return self.debug_token(query.get("input_token", ""), app=False)
+        if rest == ["me"]:
+            self.count("me")
+            return 200, {"id": account.user_id}
         if len(rest) == 2 and rest[1] == "threads_publishing_limit":
             self.count("publishing_limit")
             if rest[0] not in ("me", account.user_id):
-                return 400, error_body(
-                    f"Unsupported get request. Object with ID '{rest[0]}' does not exist, "
-                    "cannot be loaded due to missing permissions, or does not support this "
-                    "operation.", 100, subcode=33)
+                # Recorded: a token reading another user's object gets code 2, which reads
+                # like an outage.
+                return 500, error_body("An unexpected error has occurred. Please retry your "
+                                       "request later.", 2, type_="OAuthException",
+                                       transient=True)
             return self.publishing_limit(account, query.get("fields"))
         container = self.containers.get(rest[0]) if len(rest) == 1 else None
         if container is not None and container.token == account.token:
             self.count("container")
             status, message = container.status_at(self.clock())
+            if status == LOST:
+                return 400, error_body("Media Not Found", 24, subcode=4279009, user=(
+                    "Medien nicht gefunden", "Die Medien wurden nicht gefunden."))
+            if status == MEDIA_ID:
+                return 400, error_body("(#100) Tried accessing nonexisting field (status)", 100)
             body: dict[str, str | None] = {"status": status, "id": container.id}
             if status == "ERROR":
                 body["error_message"] = message
@@ -227,11 +254,15 @@ class Simulator:
                 row[name] = usage_at(account, total, now)
         return 200, {"data": [row]}
 
-    def debug_token(self, input_token: str) -> tuple[int, Any]:
+    def debug_token(self, input_token: str, app: bool) -> tuple[int, Any]:
+        """debug_token asked with an app token (app) or with a user token."""
         target = self.accounts.get(input_token)
         if target is None:
             return 400, error_body("Invalid OAuth access token - Cannot parse access token",
                                    190, type_="OAuthException")
+        if target.dev_mode and not app:
+            return 400, error_body("(#100) The App must be in live mode to debug tokens "
+                                   "with a user access token", 100, type_="OAuthException")
         now = self.clock()
         expires = 0 if target.expires_in is None else int(now + target.expires_in)
         return 200, {"data": {
