@@ -41,3 +41,22 @@ def test_the_logging_filter_redacts_message_arguments_and_extras() -> None:
     assert RedactingFilter(redact).filter(record)
     assert "SECRET-1" not in record.getMessage()
     assert "SECRET-1" not in record.error
+
+
+def test_secrets_sharing_a_long_prefix_are_each_masked() -> None:
+    # Threads tokens share their first characters; the index must still find each one.
+    shared = "THAAJ1Lw0000"  # exactly GRAM characters
+    tokens = [shared, f"{shared}a", f"{shared}ab", f"{shared}abc-xyz"] + \
+        [f"THAAJ1Lw{i:04d}tail{i}" for i in range(500)]
+    redact = Redactor()
+    redact.set_secrets(tokens)
+    for token in tokens:
+        out = redact(f"x={token};")
+        assert out == f"x={MASK};", (token, out)
+
+
+def test_redaction_after_add_secrets_keeps_the_old_ones() -> None:
+    redact = Redactor()
+    redact.set_secrets(["first-secret-value"])
+    redact.add_secrets(["second-secret-value", "s2"])
+    assert redact("first-secret-value second-secret-value s2") == f"{MASK} {MASK} {MASK}"

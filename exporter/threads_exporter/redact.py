@@ -6,34 +6,68 @@ import logging
 import re
 import threading
 from collections.abc import Iterable
+from typing import NamedTuple
 
 MASK = "<redacted>"
 
 
 class Redactor:
-    """Masks every known secret, and anything shaped like a token parameter, in text."""
+    """Masks every known secret, and anything shaped like a token parameter, in text.
 
+    Linear in the text, not in the number of secrets: secrets are indexed by their first
+    GRAM characters (shorter ones by their length), the text's substrings of those lengths
+    are intersected with the index in one set operation, and only the secrets found are
+    replaced. 10,000 accounts failing at once cost 10,000 short scans, not 10^8 compares.
+    """
+
+    GRAM = 12
     _PARAM = re.compile(r"((?:access_token|input_token)=)[^&\s\"']+", re.IGNORECASE)
     _BEARER = re.compile(r"(Bearer\s+)[^\s\"']+", re.IGNORECASE)
 
     def __init__(self) -> None:
-        self._secrets: tuple[str, ...] = ()
+        self._secrets: frozenset[str] = frozenset()
+        self._index: _Index = _Index({}, {})
         self._lock = threading.Lock()
 
     def set_secrets(self, secrets: Iterable[str]) -> None:
-        # Longest first, so a secret containing another is masked whole.
-        with self._lock:
-            self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+        found = frozenset(s for s in secrets if s)
+        grams: dict[str, list[str]] = {}
+        short: dict[int, set[str]] = {}
+        for secret in found:
+            if len(secret) >= self.GRAM:
+                grams.setdefault(secret[:self.GRAM], []).append(secret)
+            else:
+                short.setdefault(len(secret), set()).add(secret)
+        with self._lock:  # one assignment each: readers see the old index or the new one
+            self._secrets = found
+            self._index = _Index(grams, {n: frozenset(v) for n, v in short.items()})
 
     def add_secrets(self, secrets: Iterable[str]) -> None:
-        self.set_secrets((*self._secrets, *secrets))
+        with self._lock:
+            current = self._secrets
+        self.set_secrets((*current, *secrets))
 
     def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, MASK)
+        index = self._index
+        found: set[str] = set()
+        if index.grams and len(text) >= self.GRAM:
+            g = self.GRAM
+            for gram in index.grams.keys() & {text[i:i + g] for i in range(len(text) - g + 1)}:
+                found.update(s for s in index.grams[gram] if s in text)
+        for length, secrets in index.short.items():
+            if len(text) >= length:
+                found.update(secrets & {text[i:i + length]
+                                        for i in range(len(text) - length + 1)})
+        # Longest first, so a secret containing another is masked whole.
+        for secret in sorted(found, key=len, reverse=True):
+            text = text.replace(secret, MASK)
         text = self._PARAM.sub(rf"\1{MASK}", text)
         return self._BEARER.sub(rf"\1{MASK}", text)
+
+
+class _Index(NamedTuple):
+    grams: dict[str, list[str]]  # first GRAM characters -> the secrets starting so
+    short: dict[int, frozenset[str]]  # length -> the secrets shorter than GRAM
 
 
 REDACT = Redactor()
