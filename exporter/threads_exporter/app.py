@@ -26,7 +26,8 @@ from threads_exporter.calls import api_families
 from threads_exporter.config import Config, ConfigError, load_config
 from threads_exporter.containers.families import ContainerSnapshot, container_families
 from threads_exporter.containers.storage import open_store
-from threads_exporter.containers.tracker import ContainerTracker, tracking_enabled
+from threads_exporter.containers.store import StoreError
+from threads_exporter.containers.tracker import ContainerTracker, UnknownAccount, tracking_enabled
 from threads_exporter.graph.client import ThreadsClient
 from threads_exporter.graph.stats import ApiStats
 from threads_exporter.metrics import gauge
@@ -36,6 +37,9 @@ from threads_exporter.redact import REDACT
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# What register() and containers() raise, for the HTTP front to answer (it imports no deeper).
+__all__ = ["Exporter", "Snapshot", "StoreError", "UnknownAccount"]
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from threads_exporter import __version__
+from threads_exporter.app import StoreError, UnknownAccount
 from threads_exporter.config import ACCOUNT_NAME, valid_container_id
-from threads_exporter.containers.store import StoreError
-from threads_exporter.containers.tracker import UnknownAccount
 
 if TYPE_CHECKING:
     from threads_exporter.web.server import Handler
