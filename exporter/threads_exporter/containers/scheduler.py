@@ -16,7 +16,7 @@ from threads_exporter.containers.storage import Storage
 from threads_exporter.containers.store import Change, Row, StoreError
 from threads_exporter.fields import ERROR
 from threads_exporter.graph.client import ThreadsClient
-from threads_exporter.graph.errors import RATE_LIMITED, TOKEN_INVALID, ApiError
+from threads_exporter.graph.errors import BAD_RESPONSE, RATE_LIMITED, TOKEN_INVALID, ApiError
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,10 @@ class Scheduler:
             log.debug("container poll failed; keeping the last known status", extra={
                 "account": row.account, "id": row.id, "error": str(e)})
             change = failed(row, e, polled_at, self.policy)
+        except Exception as e:  # a bug must still pace the container, or it is polled at once
+            log.exception("container poll crashed", extra={"account": row.account, "id": row.id})
+            change = failed(row, ApiError(BAD_RESPONSE, f"unexpected {type(e).__name__}"),
+                            polled_at, self.policy)
         except BaseException:
             self._inflight.discard(row.key)
             raise

@@ -18,6 +18,7 @@ import httpx
 from threads_exporter.config import Account, ApiConfig, valid_container_id
 from threads_exporter.fields import quota_fields
 from threads_exporter.graph.errors import (
+    BAD_RESPONSE,
     CONNECTION,
     PERMISSION,
     TIMEOUT,
@@ -122,6 +123,12 @@ class ThreadsClient:
                 # The exception text may carry the URL: only its type is kept.
                 reason = CONNECTION
                 raise ApiError(CONNECTION, type(e).__name__) from None
+            except Exception as e:
+                # Anything else an answer can make happen (a body httpx cannot decode, a
+                # parser meeting what it never expected) is a bad answer: classified,
+                # counted and paced like one, never a success and never an escape.
+                reason = BAD_RESPONSE
+                raise ApiError(BAD_RESPONSE, f"unexpected {type(e).__name__}") from None
             finally:
                 self.stats.record(account.name, endpoint, time.monotonic() - start, reason)
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import zlib
 from urllib.parse import urlencode, urlsplit
 from urllib.request import getproxies, proxy_bypass
 
@@ -65,17 +66,45 @@ class Transport:
         try:
             response = await self._pools[pool].handle_async_request(request)
             try:
-                chunks = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > MAX_BODY_BYTES:
-                        raise ApiError(BAD_RESPONSE,
-                                       f"response larger than {MAX_BODY_BYTES} bytes")
-                    chunks.append(chunk)
-                return (response.status_code, b"".join(chunks),
-                        parse_usage_headers(response.headers))
+                body = await _read_bounded(response)
+                return response.status_code, body, parse_usage_headers(response.headers)
             finally:
                 await response.aclose()
         finally:
             self._room[pool] += 1
+
+
+def _decompressor(encoding: str) -> zlib._Decompress | None:
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib or gzip header, detected
+    raise ApiError(BAD_RESPONSE, "response in an unsupported content-encoding")
+
+
+async def _read_bounded(response: httpx.Response) -> bytes:
+    """The body, decoded, never more than MAX_BODY_BYTES of it in memory: the decompressor is
+    asked for at most what is left of the budget, so a gzip bomb stops at the cap instead of
+    inflating a whole chunk (httpx's own decoder has no such bound)."""
+    decoder = _decompressor(response.headers.get("content-encoding", "").strip().lower())
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        stream = response.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+        async for raw in stream:  # the raw bytes, as aiter_raw() gives them
+            data = raw if decoder is None else decoder.decompress(raw, MAX_BODY_BYTES + 1 - size)
+            size += len(data)
+            if size > MAX_BODY_BYTES or (decoder is not None and decoder.unconsumed_tail):
+                raise ApiError(BAD_RESPONSE, f"response larger than {MAX_BODY_BYTES} bytes")
+            chunks.append(data)
+        if decoder is not None:
+            tail = decoder.flush(MAX_BODY_BYTES + 1 - size)
+            if size + len(tail) > MAX_BODY_BYTES:
+                raise ApiError(BAD_RESPONSE, f"response larger than {MAX_BODY_BYTES} bytes")
+            chunks.append(tail)
+    except zlib.error:
+        raise ApiError(BAD_RESPONSE, "response body does not decompress") from None
+    return b"".join(chunks)
