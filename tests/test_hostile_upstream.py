@@ -134,3 +134,34 @@ def test_a_container_answering_garbage_is_polled_once_per_interval(tmp_path: Pat
     assert len(polls) == 1  # the next poll is a poll interval (60 s) away, not at once
     assert entry["last_error_reason"] == "bad_response" and entry["poll_errors"] == 1
     assert exp.stats.errors[("brand", "container", "bad_response")] == 1
+
+
+def test_scrapes_do_not_each_cost_an_fsync(tmp_path: Path) -> None:
+    """The store proves the disk writable at most every HEARTBEAT_EVERY seconds when nothing
+    else is written: a commit is an fsync, which a 1 s scrape interval must not pay for."""
+    from threads_exporter.containers.store import Store
+    from threads_exporter.containers.tracker import HEARTBEAT_EVERY, ContainerTracker
+
+    config = parse_config({
+        "accounts": [{"name": "brand", "access_token": "t"}],
+        "containers": {"state_path": str(tmp_path / "s.db"), "api_token": "a"}}, env={})
+    now = [1_000_000.0]
+    beats: list[float] = []
+
+    async def main() -> None:
+        client = ThreadsClient(config.api, transport=httpx.MockTransport(
+            lambda r: httpx.Response(500)))
+        store = Store(config.containers.state_path)
+        real = store.heartbeat
+        store.heartbeat = lambda t: (beats.append(t), real(t))[1]  # type: ignore[method-assign]
+        tracker = ContainerTracker(client, config, store, clock=lambda: now[0])
+        try:
+            for _ in range(40):  # 40 scrapes, one a second
+                await tracker.scrape(time.monotonic() + 1)
+                now[0] += 1
+        finally:
+            await tracker.aclose()
+            await client.aclose()
+
+    asyncio.run(main())
+    assert len(beats) == -(-40 // int(HEARTBEAT_EVERY)), beats

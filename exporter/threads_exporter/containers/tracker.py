@@ -24,6 +24,10 @@ from threads_exporter.graph.client import ThreadsClient
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 60.0  # seconds between retention sweeps
+# Seconds between proofs that the disk takes writes when nothing else is written: each is an
+# fsync, which scrapes every few seconds must not each pay for. While the store is failing,
+# every scrape tries again, so recovery shows at once.
+HEARTBEAT_EVERY = 15.0
 
 
 class UnknownAccount(LookupError):
@@ -49,6 +53,7 @@ class ContainerTracker:
         self.scheduler = Scheduler(client, self.storage, config, self.policy,
                                    clock=clock, monotonic=monotonic)
         self._last_prune = 0.0
+        self._last_heartbeat = float("-inf")
         self._last = ContainerSnapshot(store_ok=False)
         self.reconfigure(config)
 
@@ -153,7 +158,9 @@ class ContainerTracker:
         if now - self._last_prune >= PRUNE_EVERY:
             store.prune(now - self.policy.retention)
             self._last_prune = now
-        store.heartbeat(now)
+        if self.storage.error is not None or now - self._last_heartbeat >= HEARTBEAT_EVERY:
+            store.heartbeat(now)
+            self._last_heartbeat = now
 
     async def aclose(self) -> None:
         """Stop polling, commit what was polled, close the store."""
