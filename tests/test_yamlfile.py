@@ -37,6 +37,13 @@ def test_duplicate_keys(text, path, line, column):
     assert str(e).startswith(f"{path}: key set twice (line {line}, column {column}; first")
 
 
+def test_keys_equal_in_python_collide_only_where_python_builds_the_dict():
+    assert error("1: a\ntrue: b\n").path == "true"  # load() would keep one of them
+    node = compose("1: a\ntrue: b\n", first_document_only=True)  # Go reads "1" and "true"
+    assert isinstance(node, yaml.MappingNode) and len(node.value) == 2
+    assert error("'1': a\n\"1\": b\n", first_document_only=True).path == "1"
+
+
 def test_merged_keys_may_be_overridden_but_not_repeated():
     assert load("m:\n  <<: [{a: 1}, {a: 2}]\n  a: 3\n") == {"m": {"a": 3}}
     assert error("m:\n  <<: {a: 1, a: 2}\n").path == "m.a"

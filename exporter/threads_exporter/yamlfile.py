@@ -66,7 +66,7 @@ def _parse(text: str, *, first_document_only: bool, construct: bool) -> Any:
             node = loader.get_single_node()
         if node is None:
             return None
-        _check_keys(node, loader)
+        _check_keys(node, loader, python_keys=construct)
         return loader.construct_document(node) if construct else node
     except yaml.YAMLError as e:
         raise _from_pyyaml(e, text) from None
@@ -107,9 +107,11 @@ def _short_tag(tag: str) -> str:
     return "!!" + tag.rsplit(":", 1)[-1] if tag.startswith("tag:yaml.org,2002:") else "its tag"
 
 
-def _check_keys(root: yaml.Node, loader: _Loader) -> None:
+def _check_keys(root: yaml.Node, loader: _Loader, *, python_keys: bool) -> None:
     """Every mapping's explicit keys are distinct (merged keys may be overridden: that is what
-    merge keys are for). Keys compare as Python values, as they would collide in a dict."""
+    merge keys are for). With python_keys, keys compare as the dict load() builds compares
+    them (`1` and `true` collide); otherwise as typed values (`'1'` and `"1"` are one key, `1`
+    and `true` two), for the web config's decoder, which adds yaml.v2's rules."""
     seen_nodes: set[int] = set()
     stack: list[tuple[yaml.Node, str]] = [(root, "")]
     while stack:
@@ -130,12 +132,13 @@ def _check_keys(root: yaml.Node, loader: _Loader) -> None:
                     continue
                 key = _key(key_node, loader)
                 sub = key_path(path, key)
-                if key in first_line:
+                typed = key if python_keys else (type(key), key)
+                if typed in first_line:
                     raise YamlError("key set twice", key_node.start_mark.line + 1,
                                     key_node.start_mark.column + 1, sub,
-                                    f"first set at line {first_line[key]}")
+                                    f"first set at line {first_line[typed]}")
                 if key is not _UNHASHABLE:
-                    first_line[key] = key_node.start_mark.line + 1
+                    first_line[typed] = key_node.start_mark.line + 1
                 children.append((value_node, sub))
             stack.extend(reversed(children))
 
