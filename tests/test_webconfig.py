@@ -905,6 +905,7 @@ def test_a_version_is_accepted_exactly_when_a_real_handshake_works(pki: Pki, nam
         assert str(info.value).startswith(f"tls_server_config.min_version: {name} cannot be "
                                           "served here: a TLS 1.")
         assert ssl.OPENSSL_VERSION in str(info.value)
+        assert str(info.value).endswith("; use TLS12 or later")
     if name in ("TLS12", "TLS13"):
         assert works  # what every supported OpenSSL serves
 

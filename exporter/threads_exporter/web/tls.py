@@ -101,10 +101,11 @@ def server_context(tls: dict[str, Any], base_dir: str) -> ssl.SSLContext | None:
     for name, (value, version) in versions.items():
         problem = _serves(ctx, version)
         if problem:
+            hint = ("use TLS12 or later" if version < ssl.TLSVersion.TLSv1_2 else
+                    "check cipher_suites and curve_preferences against the certificate's key")
             raise TLSConfigError(
                 f"{_P}.{name}: {value} cannot be served here: a TLS {_dotted(version)} handshake "
-                f"with this configuration fails ({ssl.OPENSSL_VERSION}: {problem}); "
-                "use a version this OpenSSL serves, such as TLS12")
+                f"with this configuration fails ({ssl.OPENSSL_VERSION}: {problem}); {hint}")
 
     if client_ca:
         _load_client_cas(ctx, _read_file(client_ca, "client_ca_file"))
