@@ -483,7 +483,10 @@ def test_bcrypt_work_is_bounded_in_concurrency(tmp_path: Path, monkeypatch):
                for i in range(12)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 5
+    while counter.in_flight < basicauth.BCRYPT_SLOTS and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # time for any thread the semaphore failed to stop to get in
     assert counter.in_flight == basicauth.BCRYPT_SLOTS <= 4
     counter.release.set()
     for t in threads:
