@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,151 @@ def test_tokens_never_appear_in_repr():
     config = parse_config(minimal(access_token="SUPERSECRET"), {})
     assert "SUPERSECRET" not in repr(config)
     assert config.secrets() == ["SUPERSECRET"]
+
+
+# --- one strict YAML loader --------------------------------------------------------------------
+
+
+def load_error(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "c.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    return str(info.value)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("cache_ttl_seconds: 60\ncache_ttl_seconds: 30\n",
+     "cache_ttl_seconds: key set twice (line 2, column 1; first set at line 1)"),
+    ("accounts:\n  - name: a\n    access_token: t\n    access_token: u\n",
+     "accounts[0].access_token: key set twice (line 4, column 5; first set at line 3)"),
+    ("accounts:\n  - {name: a, access_token: t}\n  - {name: b, access_token: t, name: c}\n",
+     "accounts[1].name: key set twice (line 3, column 32; first set at line 3)"),
+    ("containers:\n  track:\n    - {account: a, id: '1', id: '2'}\n",
+     "containers.track[0].id: key set twice (line 3, column 29; first set at line 3)"),
+])
+def test_duplicate_keys_are_errors_naming_field_line_and_column(tmp_path, text, expected):
+    # yaml.safe_load keeps the last value silently; the web config always refused this.
+    assert yaml.safe_load(text) is not None
+    assert load_error(tmp_path, text) == expected
+
+
+def test_merge_keys_may_be_overridden(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("accounts:\n  - <<: {name: a, access_token: t, user_id: me}\n"
+                    "    user_id: '17'\n")
+    assert load_config(path, env={}).accounts[0].user_id == "17"
+
+
+TOKEN = "EAAGm0PX4ZCpsBA" + "Zx9" * 60 + "LONGTOKEN"  # shaped like a Meta access token
+
+
+@pytest.mark.parametrize("text", [
+    f"accounts:\n  - name: a\n    access_token: \"{TOKEN}\\q\"\n",  # unknown escape
+    f"accounts:\n  - name: a\n\t    access_token: {TOKEN}\n",  # a tab
+    f"accounts:\n  - name: a\n    access_token: [{TOKEN}\n",  # unclosed flow sequence
+    f"accounts:\n  - name: a\n    access_token: *{TOKEN}\n",  # undefined alias
+    f"accounts:\n  - name: a\n    access_token: !{TOKEN}! x\n",  # undefined tag handle
+    f"accounts:\n  - name: !!int {TOKEN}\n    access_token: t\n",  # unreadable as its tag
+    f"accounts:\n  - name: a\n    access_token: {TOKEN}\x07\n",  # a control character
+    f"a: &{TOKEN} 1\nb: &{TOKEN} 2\n",  # duplicate anchor
+    f"{TOKEN}: 1\n{TOKEN}: 2\n",  # duplicate key that is a token
+    f"accounts:\n  - name: a\n    access_token: {TOKEN}\n---\nmore: 1\n",  # two documents
+])
+def test_yaml_errors_name_line_and_column_and_never_quote_the_file(tmp_path, text):
+    message = load_error(tmp_path, text)
+    assert re.search(r"line \d+, column \d+", message), message
+    assert not _leaks(TOKEN, message), message
+
+
+@pytest.mark.parametrize("text", [
+    f"accounts:\n  - name: a\n    access_token: \"{TOKEN}\\q\"\n",
+    f"accounts:\n  - name: a\n\t    access_token: {TOKEN}\n",
+])
+def test_pyyaml_itself_would_quote_the_token(tmp_path, text):
+    # Why the loader formats its own messages: str() of PyYAML's error shows the line.
+    with pytest.raises(yaml.YAMLError) as info:
+        yaml.safe_load(text)
+    assert _leaks(TOKEN, str(info.value))
+    assert not _leaks(TOKEN, load_error(tmp_path, text))
+
+
+def test_yaml_error_keeps_the_problem_and_its_position(tmp_path):
+    message = load_error(tmp_path, "accounts:\n  - name: a\n\tbad: x\n")
+    assert message.endswith("invalid YAML at line 3, column 1: found character '\\t' that "
+                            "cannot start any token (while scanning for the next token)")
+
+
+def test_an_empty_file_is_an_empty_config(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("# nothing yet\n")
+    assert load_config(path, env={}).accounts == ()
+
+
+# --- rejected values are quoted only when they cannot be a secret -------------------------------
+
+ODD_TOKENS = [
+    TOKEN,
+    'EAAGtok"en\\with"quotes\\and\\backslashes' + "Q7" * 40,
+    "EAAG tök€n wïth spacés and nön-ASCII " + "ß9" * 40,
+    "sk-" + "0123456789abcdef" * 2,  # only 35 characters, but a random-looking run
+    "EAAG\ttab\r\nnewline" + "x1" * 30,
+]
+
+
+def _placements(token: str) -> list[tuple[dict, str]]:
+    ok = {"name": "brand", "access_token": "tok"}
+    return [
+        ({"accounts": [{**ok, "user_id": token}]}, "accounts[0].user_id"),
+        ({"accounts": [{**ok, "name": token}]}, "accounts[0].name"),
+        ({"accounts": [{**ok, "quotas": [token]}]}, "accounts[0].quotas[0]"),
+        ({"accounts": [ok], "containers": {"track": [{"account": token, "id": "1"}]}},
+         "containers.track[0].account"),
+        ({"accounts": [ok], "containers": {"track": [{"account": "brand", "id": token}]}},
+         "containers.track[0].id"),
+        ({"api": {"version": token}}, "api.version"),
+        ({"api": {"base_url": token}}, "api.base_url"),
+        ({"api": {"timeout_seconds": token}}, "api.timeout_seconds"),
+        ({"accounts": [{**ok, "access_token_file": token, "access_token": None}]},
+         "accounts[0].access_token_file"),
+        ({"accounts": [{**ok, token: 1}]}, "accounts[0]."),
+        ({"accounts": [{**ok, "access_token": "${" + token + "}"}]}, "accounts[0].access_token"),
+    ]
+
+
+def _leaks(token: str, message: str) -> bool:
+    # Any 8-character piece of the token (minus the shared "EAAG" prefix) counts as a leak.
+    return any(token[i:i + 8] in message for i in range(4, len(token) - 7))
+
+
+@pytest.mark.parametrize("token", ODD_TOKENS, ids=["plain", "quotes", "non-ascii", "short",
+                                                   "control"])
+def test_a_token_in_the_wrong_field_is_described_not_quoted(tmp_path, token):
+    for data, field in _placements(token):
+        if "${" in str(data) and not re.fullmatch(r"[A-Za-z0-9_]+", token):
+            continue  # not a variable reference at all: kept as the token itself
+        if field == "accounts[0].name" and re.fullmatch(r"[a-zA-Z0-9_.-]+", token):
+            continue  # a valid account name: accepted, so no error message to leak into
+        message = error_of(data)
+        assert message.startswith(field), (field, message)
+        assert not _leaks(token, message), message
+        # Through a YAML file too, where odd characters are quoted and escaped.
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+        with pytest.raises(ConfigError) as info:
+            load_config(path, env={})
+        assert not _leaks(token, str(info.value)), str(info.value)
+
+
+def test_a_described_value_says_what_it_was():
+    message = error_of(minimal(user_id=TOKEN))
+    assert message == (f"accounts[0].user_id: must be 'me' or a numeric id, got a {len(TOKEN)}"
+                       "-character string (not shown: it may be a secret)")
+    message = error_of({"accounts": [{"name": "brand", "access_token": "tok", TOKEN: 1}]})
+    assert message == f"accounts[0].<a {len(TOKEN)}-character key>: unknown key"
+
+
+@pytest.mark.parametrize("value", ["a b", "../me", "graph.threads.net", "likes", "v1", "café",
+                                   "ops@example.com", "/run/secrets/x"])
+def test_short_harmless_values_are_still_quoted(value):
+    assert f"got {value!r}" in error_of(minimal(user_id=value))

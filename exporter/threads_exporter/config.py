@@ -1,7 +1,9 @@
 """Config loading and validation: YAML in, frozen dataclasses out.
 
 Every error names the field path (``accounts[1].access_token_file: ...``) so a user can fix a
-config without reading code. Unknown keys are errors: a typo must not be silently ignored.
+config without reading code. Unknown and duplicate keys are errors: a typo must not be silently
+ignored. Errors quote a rejected value only when it cannot be a secret (redact.shown): a token
+pasted into the wrong field must not end up in a log line or a reload response.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from threads_exporter.fields import QUOTA_GROUPS
+from threads_exporter.redact import could_be_secret, shown, shown_path
+from threads_exporter.yamlfile import YamlError, key_path
+from threads_exporter.yamlfile import load as load_yaml
 
 ACCOUNT_NAME = re.compile(r"^[a-zA-Z0-9_.-]+$")
 CONTAINER_ID = re.compile(r"^[0-9]{1,64}$")
@@ -88,7 +91,7 @@ class Shard:
 def parse_shard(value: str) -> Shard:
     match = re.fullmatch(r"(\d+)/(\d+)", value.strip())
     if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
-        raise ConfigError(f"--shard: expected I/N with 0 <= I < N, got {value!r}")
+        raise ConfigError(f"--shard: expected I/N with 0 <= I < N, got {shown(value)}")
     return Shard(int(match.group(1)), int(match.group(2)))
 
 
@@ -160,8 +163,8 @@ class _Fields:
         self.env = env
         self.used: set[str] = set()
 
-    def at(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
+    def at(self, key: object) -> str:
+        return key_path(self.path, key)
 
     def raw(self, key: str) -> Any:
         self.used.add(key)
@@ -189,7 +192,8 @@ class _Fields:
             try:
                 value = float(value)
             except ValueError:
-                raise ConfigError(f"{self.at(key)}: expected a number, got {value!r}") from None
+                raise ConfigError(
+                    f"{self.at(key)}: expected a number, got {shown(value)}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{self.at(key)}: expected a number, got {_kind(value)}")
         if integer and value != int(value):
@@ -210,7 +214,7 @@ class _Fields:
         return _Fields(self.raw(key), self.at(key), self.env)
 
     def done(self) -> None:
-        unknown = sorted(str(k) for k in self.data if k not in self.used)
+        unknown = sorted((k for k in self.data if k not in self.used), key=str)
         if unknown:
             raise ConfigError(f"{self.at(unknown[0])}: unknown key")
 
@@ -225,7 +229,8 @@ def _expand(value: str, path: str, env: dict[str, str]) -> str:
     def sub(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in env:
-            raise ConfigError(f"{path}: environment variable {name} is not set")
+            shown_name = name if not could_be_secret(name) else shown(name)
+            raise ConfigError(f"{path}: environment variable {shown_name} is not set")
         return env[name]
 
     return _VAR.sub(sub, value)
@@ -236,16 +241,16 @@ def _read_file(path: str | Path, where: str) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{where}: no such file: {path}") from None
+        raise ConfigError(f"{where}: no such file: {shown_path(str(path))}") from None
     except OSError as e:
-        raise ConfigError(f"{where}: cannot read {path}: {e.strerror}") from None
+        raise ConfigError(f"{where}: cannot read {shown_path(str(path))}: {e.strerror}") from None
 
 
 def _read_secret_file(path: str, where: str) -> str:
     text = _read_file(path, where)
     first = text.splitlines()[0].strip() if text.strip() else ""
     if not first:
-        raise ConfigError(f"{where}: file is empty: {path}")
+        raise ConfigError(f"{where}: file is empty: {shown_path(path)}")
     return first
 
 
@@ -271,10 +276,11 @@ def _account(data: Any, path: str, env: dict[str, str],
     f = _Fields(data, path, env)
     name = f.string("name", required=True)
     if not ACCOUNT_NAME.fullmatch(name):
-        raise ConfigError(f"{f.at('name')}: must match [a-zA-Z0-9_.-]+, got {name!r}")
+        raise ConfigError(f"{f.at('name')}: must match [a-zA-Z0-9_.-]+, got {shown(name)}")
     user_id = f.string("user_id", "me")
     if user_id != "me" and not CONTAINER_ID.fullmatch(user_id):
-        raise ConfigError(f"{f.at('user_id')}: must be 'me' or a numeric id, got {user_id!r}")
+        raise ConfigError(
+            f"{f.at('user_id')}: must be 'me' or a numeric id, got {shown(user_id)}")
     token = _secret(f, "access_token")
     if token is None:
         raise ConfigError(f"{path}: one of access_token or access_token_file is required")
@@ -285,7 +291,7 @@ def _account(data: Any, path: str, env: dict[str, str],
         for i, q in enumerate(listed):
             if q not in QUOTA_GROUPS:
                 raise ConfigError(
-                    f"{f.at('quotas')}[{i}]: unknown quota {q!r}, expected one of "
+                    f"{f.at('quotas')}[{i}]: unknown quota {shown(q)}, expected one of "
                     + ", ".join(QUOTA_GROUPS)
                 )
         if not listed:
@@ -314,10 +320,11 @@ def _containers(f: _Fields, accounts: dict[str, Account]) -> ContainersConfig:
         t = _Fields(item, f"{f.at('track')}[{i}]", f.env)
         account = t.string("account", required=True)
         if account not in accounts:
-            raise ConfigError(f"{t.at('account')}: no configured account named {account!r}")
+            raise ConfigError(
+                f"{t.at('account')}: no configured account named {shown(account)}")
         cid = t.string("id", required=True)
         if not valid_container_id(cid):
-            raise ConfigError(f"{t.at('id')}: a container id is digits only, got {cid!r}")
+            raise ConfigError(f"{t.at('id')}: a container id is digits only, got {shown(cid)}")
         t.done()
         if (account, cid) not in seen:
             seen.add((account, cid))
@@ -356,10 +363,10 @@ def parse_config(data: Any, env: dict[str, str] | None = None) -> Config:
     d = ApiConfig()
     base_url = a.string("base_url", d.base_url).rstrip("/")
     if not re.match(r"^https?://[^/\s]+", base_url):
-        raise ConfigError(f"api.base_url: expected an http(s) URL, got {base_url!r}")
+        raise ConfigError(f"api.base_url: expected an http(s) URL, got {shown(base_url)}")
     version = a.string("version", d.version)
     if not re.fullmatch(r"v\d+(\.\d+)?", version):
-        raise ConfigError(f"api.version: expected a version like v1.0, got {version!r}")
+        raise ConfigError(f"api.version: expected a version like v1.0, got {shown(version)}")
     api = ApiConfig(
         base_url=base_url,
         version=version,
@@ -373,7 +380,8 @@ def parse_config(data: Any, env: dict[str, str] | None = None) -> Config:
     for i, item in enumerate(top.items("accounts")):
         account = _account(item, f"accounts[{i}]", env, app_access_token)
         if account.name in accounts:
-            raise ConfigError(f"accounts[{i}].name: duplicate account name {account.name!r}")
+            raise ConfigError(
+                f"accounts[{i}].name: duplicate account name {shown(account.name)}")
         accounts[account.name] = account
 
     config = Config(
@@ -390,10 +398,10 @@ def parse_config(data: Any, env: dict[str, str] | None = None) -> Config:
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
     text = _read_file(path, "--config.file")
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+        data = load_yaml(text)
+    except YamlError as e:
+        if e.path:  # a duplicate key: a field problem, named like the others
+            raise ConfigError(str(e)) from None
+        raise ConfigError(f"{shown_path(str(path))}: invalid YAML at {e.where}: "
+                          f"{e.problem}") from None
     return parse_config(data, env)

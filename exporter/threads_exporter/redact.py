@@ -73,6 +73,50 @@ class _Index(NamedTuple):
 REDACT = Redactor()
 
 
+# What an error message may quote. Tokens are long runs of letters and digits; short words,
+# numbers, paths and URLs are what users need to see to fix a config.
+_SHOWN_MAX = 40
+_RUN = re.compile(r"(?:[^\W_]|[+=])+")
+
+
+def could_be_secret(text: str) -> bool:
+    """Whether an error message must not quote text: it is long, unprintable or token-like."""
+    if len(text) > _SHOWN_MAX or not text.isprintable():
+        return True
+    return any(_token_like(run) for run in _RUN.findall(text))
+
+
+def _token_like(run: str) -> bool:
+    # A 16-character run of letters and digits, or an 8-character one that mixes both, is
+    # what random secrets look like; English words and ids of a few digits are not.
+    if len(run) >= 16:
+        return True
+    return len(run) >= 8 and any(c.isdigit() for c in run) and any(c.isalpha() for c in run)
+
+
+def shown(value: object) -> str:
+    """value as an error message may show it: quoted if harmless, otherwise only described."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (str, int, float)):
+        text = value if isinstance(value, str) else repr(value)
+        if not could_be_secret(text):
+            return repr(value)
+        what = "string" if isinstance(value, str) else "number"
+        return f"a {len(text)}-character {what} (not shown: it may be a secret)"
+    kinds = {dict: "a mapping", list: "a list", type(None): "nothing"}
+    return kinds.get(type(value), f"a {type(value).__name__}")
+
+
+def shown_path(path: str) -> str:
+    """A file path as an error message may show it: as is, unless it could be a pasted secret
+    (a token, a key's PEM text) rather than a path."""
+    if len(path) <= 4096 and path.isprintable() and not any(
+            len(run) >= 16 for run in _RUN.findall(path)):
+        return path
+    return f"a {len(path)}-character path (not shown: it may be a secret)"
+
+
 class RedactingFilter(logging.Filter):
     """Redacts a record's message and arguments before any handler formats it, so a handler
     that is not ours (a library's, a test's caplog) never sees a secret either."""
