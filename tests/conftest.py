@@ -14,7 +14,14 @@ import httpx
 import pytest
 
 from fake_graph import FakeGraph
-from procs import PrometheusServer, RunningExporter, exporter, prometheus, write_config
+from procs import (
+    PrometheusServer,
+    RunningExporter,
+    exporter,
+    prometheus,
+    write_config,
+    write_container_config,
+)
 from threads_exporter.app import Exporter
 from threads_exporter.config import Config
 from threads_exporter.web.server import ExporterHTTPServer
@@ -35,6 +42,17 @@ def config_file(tmp_path: Path) -> Callable[..., Path]:
     def write(base_url: str, accounts: dict[str, str], *, name: str = "config.yaml",
               **options: Any) -> Path:
         return write_config(tmp_path / name, base_url, accounts, **options)
+    return write
+
+
+@pytest.fixture
+def container_config(tmp_path: Path) -> Callable[..., Path]:
+    """container_config(base_url, **settings) -> the path of a config whose account "brand"
+    (procs.BRAND_TOKEN) has its containers tracked in the test's directory, registered with
+    procs.REGISTRATION_TOKEN, polled every second unless `settings` say otherwise."""
+    def write(base_url: str, **settings: Any) -> Path:
+        return write_container_config(tmp_path / "config.yaml", base_url,
+                                      tmp_path / "state.db", **settings)
     return write
 
 

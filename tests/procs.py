@@ -200,6 +200,23 @@ def write_config(path: Path, base_url: str, accounts: Mapping[str, str], *,
     return path
 
 
+# The account and registration API of the container tests' configs (container_config).
+BRAND_TOKEN = "brand-upstream-token"
+REGISTRATION_TOKEN = "registration-token-for-tests"
+REGISTRATION = {"Authorization": f"Bearer {REGISTRATION_TOKEN}"}
+
+
+def write_container_config(path: Path, base_url: str, state_path: Path,
+                           **settings: Any) -> Path:
+    """A config with one account, "brand" (BRAND_TOKEN, posts only), whose containers are
+    tracked in state_path and registered with REGISTRATION_TOKEN; every poll interval is
+    1 s unless `settings` say otherwise."""
+    return write_config(path, base_url, {"brand": BRAND_TOKEN}, quotas=["posts"], containers={
+        "state_path": str(state_path), "api_token": REGISTRATION_TOKEN,
+        "poll_interval_seconds": 1, "finished_poll_interval_seconds": 1,
+        "stuck_poll_interval_seconds": 1, **settings})
+
+
 def prometheus_bin() -> str | None:
     return shutil.which("prometheus")
 
