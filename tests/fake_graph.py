@@ -120,7 +120,7 @@ def json_answer(status: int, payload: Any, **kw: Any) -> Answer:
 
 
 def error_body(code: int, message: str, *, subcode: int | None = None, type: str | None = None,
-               transient: bool | None = None) -> dict[str, Any]:
+               transient: bool | None = None, trace: str = "AbCdEf0123_x") -> dict[str, Any]:
     """Graph's error envelope. error_subcode and is_transient are there when the error has
     them, as on the real API."""
     error: dict[str, Any] = {
@@ -133,7 +133,7 @@ def error_body(code: int, message: str, *, subcode: int | None = None, type: str
         error["error_subcode"] = subcode
     if transient is not None:
         error["is_transient"] = transient
-    error["fbtrace_id"] = "AbCdEf0123_x"
+    error["fbtrace_id"] = trace
     return {"error": error}
 
 

@@ -45,8 +45,9 @@ ALL = ("posts", "replies", "deletes", "location_searches")
 
 
 def graph(code: int, message: str = "boom", **extra: object) -> bytes:
-    """A Graph error envelope (subcode=..., transient=...), as the fake sends it."""
-    return json.dumps(error_body(code, message, **extra)).encode()  # type: ignore[arg-type]
+    """A Graph error envelope (subcode=..., transient=...), as the fake sends it (with a short
+    fbtrace_id: the bodies name the tests)."""
+    return json.dumps(error_body(code, message, trace="x", **extra)).encode()  # type: ignore[arg-type]
 
 
 def full_row() -> dict:
