@@ -55,7 +55,6 @@ GROUPS: dict[str, tuple[str, int, str]] = {
     "delete_quota_usage": ("delete_config", 100, "deletes"),
     "location_search_quota_usage": ("location_search_config", 500, "location_searches"),
 }
-ALL_FIELDS = tuple(f for usage, (config, _, _) in GROUPS.items() for f in (usage, config))
 
 
 # --- requests and answers ------------------------------------------------------------------
