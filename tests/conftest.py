@@ -66,6 +66,7 @@ def run_exporter(tmp_path: Path) -> Iterator[Callable[..., RunningExporter]]:
                 ready: bool = True) -> RunningExporter:
             proc, base = stack.enter_context(
                 exporter(*args, env=env, cwd=cwd or tmp_path, ready=ready))
+            stack.callback(proc.discard)  # stopped, its log deleted, when the test ends
             return RunningExporter(proc, base)
         yield run
 

@@ -73,6 +73,7 @@ def start_listening(command: Callable[[int], list[str]], ready_path: str, what: 
         except TimeoutError:
             proc.stop()
             output = proc.output()
+            proc.discard()
             if attempt < attempts and any(t in output.lower() for t in PORT_TAKEN):
                 continue
             raise RuntimeError(f"{what} did not start:\n{output}") from None
@@ -113,6 +114,11 @@ class Proc:
                 self.popen.wait()
         self._log.close()
         return self.popen.returncode
+
+    def discard(self) -> None:
+        """Stop, and delete the log file."""
+        self.stop()
+        self.log_path.unlink(missing_ok=True)
 
 
 def json_logs(output: str) -> Iterator[dict[str, Any]]:
@@ -252,7 +258,7 @@ def prometheus(targets: list[str], *, rule_files: list[Path] = (), job: str = "t
     try:
         yield url
     finally:
-        proc.stop()
+        proc.discard()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
