@@ -6,20 +6,18 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from graph_double import samples, value, write_config
-from procs import exporter
+from exposition import samples, value
+from fake_graph import FakeGraph, healthy
+from procs import RunningExporter, exporter, write_config
 from threads_exporter.app import Exporter
 from threads_exporter.config import Account, ApiConfig, Config
-from threads_exporter.demo.server import SimulatorServer
-from threads_exporter.demo.simulator import SimAccount, Simulator
-from threads_exporter.web.server import ExporterHTTPServer, serve_in_thread
 
 ACCOUNTS = [f"acct-{i:02d}" for i in range(20)]
 SCRIPT = "<script>alert(1)</script>"
@@ -28,23 +26,19 @@ AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[Simulator]:
-    simulator = Simulator(latency=0.2)  # slow enough that the scrapers overlap
-    for name in ACCOUNTS:
-        simulator.add(SimAccount(f"tok-{name}", "me"))
-    server = SimulatorServer(simulator).start()
-    simulator.base_url = server.base_url  # type: ignore[attr-defined]
-    yield simulator
-    server.stop()
+def upstream() -> Iterator[FakeGraph]:
+    # Slow enough that the scrapers overlap.
+    with FakeGraph({f"tok-{n}": healthy(i) for i, n in enumerate(ACCOUNTS)},
+                   latency=0.2) as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")
-def running(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def running(upstream: FakeGraph, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     path = tmp_path_factory.mktemp("abuse") / "config.yaml"
-    write_config(path, sim.base_url,  # type: ignore[attr-defined]
-                 {n: f"tok-{n}" for n in ACCOUNTS}, timeout=5,
+    write_config(path, upstream.base_url, {n: f"tok-{n}" for n in ACCOUNTS}, timeout=5,
                  containers={"api_token": API_TOKEN, "state_path": str(path.with_suffix(".db"))})
-    with exporter("--config.file", str(path)) as (_, base):
+    with exporter("--config.file", str(path), cwd=path.parent) as (_, base):
         yield base
 
 
@@ -64,7 +58,7 @@ def raw(base: str, request: bytes, timeout: float = 10) -> bytes:
         return b"".join(chunks)
 
 
-def test_fifty_concurrent_scrapers_share_one_reading(running: str, sim: Simulator) -> None:
+def test_fifty_concurrent_scrapers_share_one_reading(running: str, upstream: FakeGraph) -> None:
     start = threading.Barrier(50)
     answers: list[httpx.Response] = []
 
@@ -85,7 +79,7 @@ def test_fifty_concurrent_scrapers_share_one_reading(running: str, sim: Simulato
         found = samples(answer.text)
         assert all(value(found, "threads_up", account=n) == 1 for n in ACCOUNTS)
     # One upstream call per account, whatever the number of scrapers.
-    assert sim.calls["publishing_limit"] == len(ACCOUNTS)
+    assert upstream.calls(endpoint="publishing_limit") == len(ACCOUNTS)
 
 
 @contextmanager
@@ -145,32 +139,27 @@ def test_no_markup_from_input_reaches_a_response(running: str, path: str) -> Non
         assert "<script" not in r.text.lower(), (encoded, r.status_code, r.text[:300])
 
 
-def test_landing_page_escapes_account_names() -> None:
+def test_landing_page_escapes_account_names(
+        serve_exporter: Callable[..., tuple[Exporter, str]]) -> None:
     # The config loader only admits [a-zA-Z0-9_.-]+; the page must not rely on that.
     names = ["plain.name_1-x", '<script>alert("x")</script>&']
     config = Config(api=ApiConfig(base_url="http://127.0.0.1:9"),
                     accounts=tuple(Account(n, "me", f"tok-{i}") for i, n in enumerate(names)))
-    app = Exporter(config)
-    server = ExporterHTTPServer(("127.0.0.1", 0), app, None)
-    serve_in_thread(server)
-    try:
-        page = httpx.get(f"http://127.0.0.1:{server.server_address[1]}/", timeout=10).text
-    finally:
-        server.shutdown()
-        server.server_close()
-        app.close()
+    _, base = serve_exporter(config)
+    page = httpx.get(f"{base}/", timeout=10).text
     assert "plain.name_1-x" in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;" in page
     assert "<script" not in page.lower()
     assert "tok-" not in page
 
 
-def test_unknown_probe_target_is_400_and_not_echoed_raw(tmp_path: Path) -> None:
-    path = write_config(tmp_path / "c.yaml", "http://127.0.0.1:9", {"a": "tok-a"})
-    with exporter("--config.file", str(path)) as (_, base):
-        r = httpx.get(base + "/probe", params={"account": "missing.one"}, timeout=10)
-        assert r.status_code == 400 and "missing.one" in r.text
-        assert httpx.get(base + "/probe", timeout=10).status_code == 400
+def test_unknown_probe_target_is_400_and_not_echoed_raw(
+        config_file: Callable[..., Path], run_exporter: Callable[..., RunningExporter]) -> None:
+    exporter = run_exporter("--config.file",
+                            str(config_file("http://127.0.0.1:9", {"a": "tok-a"})))
+    r = httpx.get(exporter.url("/probe"), params={"account": "missing.one"}, timeout=10)
+    assert r.status_code == 400 and "missing.one" in r.text
+    assert httpx.get(exporter.url("/probe"), timeout=10).status_code == 400
 
 
 def post(base: str, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -195,15 +184,15 @@ def post(base: str, body: bytes, headers: dict[str, str] | None = None) -> httpx
     (b'{"account": "' + SCRIPT.encode() + b'", "id": "1"}', 404),
     (b'{"account": "nobody", "id": "1"}', 404),
 ])
-def test_registration_api_rejects_malformed_bodies(running: str, sim: Simulator, body: bytes,
-                                                    status: int) -> None:
-    containers_before = sim.calls.get("container", 0)
+def test_registration_api_rejects_malformed_bodies(running: str, upstream: FakeGraph,
+                                                    body: bytes, status: int) -> None:
+    containers_before = upstream.calls(endpoint="container")
     r = post(running, body)
     assert r.status_code == status, r.text
     assert "<script" not in r.text.lower()
     assert r.json()["error"]
     # Nothing invalid was sent upstream.
-    assert sim.calls.get("container", 0) == containers_before
+    assert upstream.calls(endpoint="container") == containers_before
 
 
 @pytest.mark.parametrize(("headers", "status"), [

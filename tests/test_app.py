@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
-import httpx
 import pytest
 
+from fake_graph import FakeGraph, hang
 from threads_exporter.app import Exporter
 from threads_exporter.config import Account, ApiConfig, Config
 from threads_exporter.web.routes import scrape_budget
 
 
-async def never_answers(request: httpx.Request) -> httpx.Response:
-    await asyncio.sleep(60)
-    return httpx.Response(500)
-
-
 @pytest.fixture
-def hanging_exporter():
+def hanging_exporter(fake_graph: FakeGraph):
+    """An exporter whose one account's upstream never answers."""
+    fake_graph.token("token", hang)
     config = Config(api=ApiConfig(base_url="http://threads.test", timeout_seconds=30),
                     accounts=(Account("slow", "me", "token"),))
-    exporter = Exporter(config, transport=httpx.MockTransport(never_answers))
+    exporter = Exporter(config, transport=fake_graph.transport())
     yield exporter
     exporter.close()
 
@@ -50,7 +46,7 @@ def test_slow_encoding_is_kept_in_reserve_so_answers_stay_in_time(hanging_export
         time.sleep(0.6)
         return b"encoded"
 
-    # The first scrape learns how long encoding takes.
+    # The first exposition learns how long encoding takes.
     hanging_exporter.exposition(time.monotonic() + 1.5, None, slow_encode)
     start = time.monotonic()
     assert hanging_exporter.exposition(start + 1.5, None, slow_encode) == b"encoded"

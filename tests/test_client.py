@@ -1,6 +1,7 @@
 """Threads API client: classification, parsing, redaction, retry and permission fallback.
 
-The upstream here is httpx.MockTransport with scripted answers, independent of the simulator.
+The upstream here is the Graph API fake's in-process transport (tests/fake_graph.py),
+independent of the simulator.
 """
 
 from __future__ import annotations
@@ -8,11 +9,22 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 
 import httpx
 import pytest
 
+from fake_graph import (
+    FakeGraph,
+    body,
+    container,
+    delay,
+    error_body,
+    healthy,
+    huge,
+    refuse,
+    sequence,
+)
+from fake_graph import graph_error as error_answer
 from threads_exporter.config import Account, ApiConfig
 from threads_exporter.graph.client import ThreadsClient
 from threads_exporter.graph.errors import ApiError, graph_error
@@ -33,8 +45,9 @@ ALL = ("posts", "replies", "deletes", "location_searches")
 
 
 def graph(code: int, message: str = "boom", **extra: object) -> bytes:
-    return json.dumps({"error": {"message": message, "type": "THApiException", "code": code,
-                                 "fbtrace_id": "x", **extra}}).encode()
+    """A Graph error envelope (subcode=..., transient=...), as the fake sends it (with a short
+    fbtrace_id: the bodies name the tests)."""
+    return json.dumps(error_body(code, message, trace="x", **extra)).encode()  # type: ignore[arg-type]
 
 
 def full_row() -> dict:
@@ -49,7 +62,7 @@ def full_row() -> dict:
 @pytest.mark.parametrize(
     ("status", "body", "reason"),
     [
-        (400, graph(190, error_subcode=463), "token_invalid"),
+        (400, graph(190, subcode=463), "token_invalid"),
         (400, graph(4), "rate_limited"),
         (400, graph(17), "rate_limited"),
         (400, graph(32), "rate_limited"),
@@ -57,7 +70,7 @@ def full_row() -> dict:
         (500, graph(10), "permission"),  # permission comes back as HTTP 500 on Threads
         (400, graph(200), "permission"),
         (400, graph(299), "permission"),
-        (400, graph(100, error_subcode=33), "invalid_request"),
+        (400, graph(100, subcode=33), "invalid_request"),
         (500, graph(100), "invalid_request"),  # the code wins over the status
         (500, graph(1), "server_error"),
         (503, graph(2), "server_error"),
@@ -84,12 +97,12 @@ def test_a_success_is_not_an_error():
 def test_the_graph_code_decides_and_is_transient_never_makes_throttling_retryable():
     # Real throttling answers carry is_transient: true with code 4 (also 17, 32, 613).
     for code in (4, 17, 32, 613):
-        error = graph_error(400, graph(code, is_transient=True))
+        error = graph_error(400, graph(code, transient=True))
         assert (error.reason, error.transient) == ("rate_limited", False)
     for code, reason in ((190, "token_invalid"), (10, "permission"), (100, "invalid_request")):
-        error = graph_error(400, graph(code, is_transient=True))
+        error = graph_error(400, graph(code, transient=True))
         assert (error.reason, error.transient) == (reason, False)
-    assert graph_error(500, graph(2, is_transient=False)).transient  # server errors: once
+    assert graph_error(500, graph(2, transient=False)).transient  # server errors: once
     assert graph_error(502, b"<html>").transient
 
 
@@ -166,13 +179,13 @@ def test_error_message_echoing_the_token_is_redacted():
     assert TOKEN not in str(error)
 
 
-# --- the client over a scripted transport --------------------------------------------------
+# --- the client over the fake's transport -------------------------------------------------
 
 
-def run(handler: Callable[[httpx.Request], httpx.Response], coro_fn, **api: object):
+def run(fake: FakeGraph, coro_fn, **api: object):
     async def main():
         client = ThreadsClient(ApiConfig(base_url="http://threads.test", **api), ApiStats(),
-                               transport=httpx.MockTransport(handler))
+                               transport=fake.transport())
         try:
             return await coro_fn(client), client
         finally:
@@ -185,194 +198,151 @@ def deadline(seconds: float = 5.0) -> float:
     return time.monotonic() + seconds
 
 
-def test_token_travels_as_query_parameter_with_explicit_fields():
-    seen = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request.url)
-        return httpx.Response(200, json={"data": [full_row()]})
-
-    quotas, _ = run(handler, lambda c: c.read_quotas(ACCOUNT, deadline()))
+def test_token_travels_as_query_parameter_with_explicit_fields(fake_graph: FakeGraph):
+    fake_graph.token(TOKEN, healthy(3))
+    quotas, _ = run(fake_graph, lambda c: c.read_quotas(ACCOUNT, deadline()))
     assert set(quotas) == set(ALL)
-    (url,) = seen
-    assert url.path == "/v1.0/me/threads_publishing_limit"
-    assert url.params["access_token"] == TOKEN
-    assert url.params["fields"] == ("quota_usage,config,reply_quota_usage,reply_config,"
-                                    "delete_quota_usage,delete_config,"
-                                    "location_search_quota_usage,location_search_config")
+    (request,) = fake_graph.requests()
+    assert request.path == "/v1.0/me/threads_publishing_limit"
+    assert request.token == TOKEN
+    assert request.query["fields"] == ("quota_usage,config,reply_quota_usage,reply_config,"
+                                       "delete_quota_usage,delete_config,"
+                                       "location_search_quota_usage,location_search_config")
 
 
-def test_permission_failure_falls_back_per_group_and_is_remembered():
-    calls = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        fields = request.url.params["fields"]
-        calls.append(fields)
-        if "delete" in fields:
-            return httpx.Response(500, content=graph(10, "(#10) no permission"))
-        row = {k: v for k, v in full_row().items() if k in fields.split(",")}
-        return httpx.Response(200, json={"data": [row]})
+def test_permission_failure_falls_back_per_group_and_is_remembered(fake_graph: FakeGraph):
+    fake_graph.token(TOKEN, error_answer(500, 10, "(#10) no permission",
+                                        deny="delete_quota_usage"))
 
     async def twice(client: ThreadsClient):
         first = await client.read_quotas(ACCOUNT, deadline())
         second = await client.read_quotas(ACCOUNT, deadline())
         return first, second, client.denied_groups(ACCOUNT)
 
-    (first, second, denied), client = run(handler, twice)
+    (first, second, denied), client = run(fake_graph, twice)
     assert set(first) == set(second) == {"posts", "replies", "location_searches"}
     assert denied == {"deletes"}
     # combined, then one per group, then one combined request without deletes
+    calls = [r.query["fields"] for r in fake_graph.requests("publishing_limit")]
     assert len(calls) == 1 + 4 + 1
     assert "delete" not in calls[-1]
     assert client.stats.errors[("brand", "publishing_limit", "permission")] == 2
 
 
-def test_permission_on_every_group_is_a_permission_failure():
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(500, content=graph(10))
-
+def test_permission_on_every_group_is_a_permission_failure(fake_graph: FakeGraph):
+    fake_graph.token(TOKEN, error_answer(500, 10, "boom"))
     with pytest.raises(ApiError) as info:
-        run(handler, lambda c: c.read_quotas(ACCOUNT, deadline()))
+        run(fake_graph, lambda c: c.read_quotas(ACCOUNT, deadline()))
     assert info.value.reason == "permission"
 
 
-def test_transient_failure_is_retried_once():
-    calls = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        calls.append(1)
-        if len(calls) == 1:
-            return httpx.Response(502, content=b"<html>Bad Gateway</html>")
-        return httpx.Response(200, json={"data": [full_row()]})
-
-    quotas, client = run(handler, lambda c: c.read_quotas(ACCOUNT, deadline()))
+def test_transient_failure_is_retried_once(fake_graph: FakeGraph):
+    fake_graph.token(TOKEN, sequence(body(502, b"<html>Bad Gateway</html>", "text/html"),
+                                     healthy(3)))
+    quotas, client = run(fake_graph, lambda c: c.read_quotas(ACCOUNT, deadline()))
     assert "posts" in quotas
-    assert len(calls) == 2
+    assert fake_graph.calls(TOKEN) == 2
     assert client.stats.requests[("brand", "publishing_limit")] == 2
     assert client.stats.errors[("brand", "publishing_limit", "server_error")] == 1
 
 
 @pytest.mark.parametrize("code", [4, 17, 32, 613, 190, 100, 24])
-@pytest.mark.parametrize("is_transient", [True, None])
-def test_non_transient_failure_is_not_retried(code, is_transient):
-    calls = []
-    extra = {} if is_transient is None else {"is_transient": is_transient}
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        calls.append(1)
-        return httpx.Response(400, content=graph(code, **extra))
-
+@pytest.mark.parametrize("transient", [True, None])
+def test_non_transient_failure_is_not_retried(fake_graph: FakeGraph, code, transient):
+    # Real throttling answers carry is_transient: true; it must not buy an immediate retry.
+    fake_graph.token(TOKEN, error_answer(400, code, "boom", transient=transient))
     with pytest.raises(ApiError):
-        run(handler, lambda c: c.read_quotas(ACCOUNT, deadline()))
-    assert len(calls) == 1
+        run(fake_graph, lambda c: c.read_quotas(ACCOUNT, deadline()))
+    assert fake_graph.calls(TOKEN) == 1
 
 
-def test_no_retry_when_the_deadline_has_passed():
-    calls = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        calls.append(1)
-        return httpx.Response(500, content=graph(2))
-
+def test_no_retry_when_the_deadline_has_passed(fake_graph: FakeGraph):
+    fake_graph.token(TOKEN, error_answer(500, 2, "boom"))
     with pytest.raises(ApiError):
-        run(handler, lambda c: c.read_quotas(ACCOUNT, time.monotonic() + 0.01))
-    assert len(calls) <= 1
+        run(fake_graph, lambda c: c.read_quotas(ACCOUNT, time.monotonic() + 0.01))
+    assert fake_graph.calls(TOKEN) <= 1
 
 
-def test_connection_error_never_carries_the_url():
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError(f"cannot connect to {request.url}", request=request)
-
+def test_connection_error_never_carries_the_url(fake_graph: FakeGraph):
+    fake_graph.token(TOKEN, refuse)  # the transport's error names the URL, token and all
     with pytest.raises(ApiError) as info:
-        run(handler, lambda c: c.read_quotas(ACCOUNT, deadline()))
+        run(fake_graph, lambda c: c.read_quotas(ACCOUNT, deadline()))
     assert info.value.reason == "connection"
     assert TOKEN not in str(info.value)
     assert "access_token" not in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
-def test_slow_upstream_times_out_at_the_request_timeout():
-    async def handler(request: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(5)
-        return httpx.Response(200, json={"data": [full_row()]})
-
+def test_slow_upstream_times_out_at_the_request_timeout(fake_graph: FakeGraph):
+    fake_graph.token(TOKEN, delay(5, healthy(3)))
     start = time.monotonic()
     with pytest.raises(ApiError) as info:
-        run(handler, lambda c: c.publishing_limit(ACCOUNT, ["posts"], deadline(0.3)),
+        run(fake_graph, lambda c: c.publishing_limit(ACCOUNT, ["posts"], deadline(0.3)),
             timeout_seconds=0.2)
     assert info.value.reason == "timeout"
     assert time.monotonic() - start < 2
 
 
-def test_oversized_body_is_refused_without_reading_it_all():
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=b"x" * (5 << 20))
-
+def test_oversized_body_is_refused_without_reading_it_all(fake_graph: FakeGraph):
+    fake_graph.token(TOKEN, huge(5))  # 5 MiB, in 64 KiB chunks
     with pytest.raises(ApiError) as info:
-        run(handler, lambda c: c.publishing_limit(ACCOUNT, ["posts"], deadline()))
+        run(fake_graph, lambda c: c.publishing_limit(ACCOUNT, ["posts"], deadline()))
     assert info.value.reason == "bad_response"
+    assert fake_graph.bytes_sent(TOKEN) < 2 << 20  # it stopped reading past the 1 MiB bound
 
 
 def test_concurrency_never_exceeds_max_concurrency():
-    active = 0
-    peak = 0
-
-    async def handler(request: httpx.Request) -> httpx.Response:
-        nonlocal active, peak
-        active += 1
-        peak = max(peak, active)
-        await asyncio.sleep(0.02)
-        active -= 1
-        return httpx.Response(200, json={"data": [full_row()]})
-
     accounts = [Account(f"a{i}", "me", f"t{i}") for i in range(30)]
+    fake = FakeGraph({a.access_token: healthy(i) for i, a in enumerate(accounts)},
+                     latency=0.02)
 
     async def many(client: ThreadsClient):
         return await asyncio.gather(*(client.read_quotas(a, deadline()) for a in accounts))
 
-    results, _ = run(handler, many, max_concurrency=4)
+    results, _ = run(fake, many, max_concurrency=4)
     assert len(results) == 30
-    assert peak == 4
+    assert fake.peak_in_flight() == 4
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    """Yield to the event loop until the condition holds (at most `timeout` seconds)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "condition not reached in time"
+        await asyncio.sleep(0.001)
 
 
 def test_quota_readings_go_before_due_polls_and_polls_never_take_the_last_slot():
-    started: list[str] = []
-    active = {"poll": 0, "reading": 0}
-    peak = {"poll": 0, "all": 0}
+    readers = [Account(f"a{i}", "me", f"t{i}") for i in range(6)]
+    fake = FakeGraph({a.access_token: healthy(i) for i, a in enumerate([ACCOUNT, *readers])},
+                     {str(10**9 + i): [container("IN_PROGRESS")] for i in range(100)},
+                     latency=0.05)
 
-    async def handler(request: httpx.Request) -> httpx.Response:
-        kind = "reading" if request.url.path.endswith("_limit") else "poll"
-        started.append(kind)
-        active[kind] += 1
-        peak["poll"] = max(peak["poll"], active["poll"])
-        peak["all"] = max(peak["all"], sum(active.values()))
-        await asyncio.sleep(0.05)
-        active[kind] -= 1
-        if kind == "reading":
-            return httpx.Response(200, json={"data": [full_row()]})
-        return httpx.Response(200, json={"status": "IN_PROGRESS"})
+    def started() -> list[str]:
+        kinds = {"publishing_limit": "reading", "container": "poll"}
+        return [kinds[r.endpoint] for r in fake.requests()]
 
     async def both(client: ThreadsClient):
         polls = [asyncio.create_task(client.container_status(ACCOUNT, str(10**9 + i),
                                                              deadline()))
                  for i in range(100)]
-        await asyncio.sleep(0.01)  # every poll slot busy, 85 polls waiting
-        begun = len(started)
+        await until(lambda: fake.in_flight("container") == 15)  # every poll slot busy
+        begun = len(started())
         start = time.monotonic()
-        first = asyncio.create_task(client.read_quotas(Account("a0", "me", "t0"), deadline()))
-        await asyncio.sleep(0.005)
-        assert started[begun:] == ["reading"]  # at once, on the slot polls never take
-        rest = [client.read_quotas(Account(f"a{i}", "me", f"t{i}"), deadline())
-                for i in range(1, 6)]
+        first = asyncio.create_task(client.read_quotas(readers[0], deadline()))
+        await until(lambda: len(started()) > begun)
+        assert started()[begun:] == ["reading"]  # at once, on the slot polls never take
+        rest = [client.read_quotas(a, deadline()) for a in readers[1:]]
         await asyncio.gather(first, *rest)
         took = time.monotonic() - start
         await asyncio.gather(*polls)
         return begun, took
 
-    (begun, took), _ = run(handler, both, max_concurrency=16)
-    assert begun == 15 and peak["poll"] == 15 and peak["all"] <= 16
+    (begun, took), _ = run(fake, both, max_concurrency=16)
+    assert begun == 15 and fake.peak_in_flight("container") == 15
+    assert fake.peak_in_flight() <= 16
     # The waiting readings took the next freed slots, ahead of the 85 polls due before them.
-    assert started[begun:begun + 6] == ["reading"] * 6
+    assert started()[begun:begun + 6] == ["reading"] * 6
     assert took < 0.15  # one in-flight poll's latency, not the backlog's (85 x 0.05 / 15)
 
 
@@ -398,16 +368,11 @@ def test_gate_hands_a_slot_on_when_its_waiter_is_cancelled():
     asyncio.run(main())
 
 
-def test_container_id_must_be_digits_before_any_call():
-    calls = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        calls.append(1)
-        return httpx.Response(200, json={"status": "FINISHED"})
-
+def test_container_id_must_be_digits_before_any_call(fake_graph: FakeGraph):
+    fake_graph.container("1", container("FINISHED"))
     with pytest.raises(ValueError):
-        run(handler, lambda c: c.container_status(ACCOUNT, "../me", deadline()))
-    assert calls == []
+        run(fake_graph, lambda c: c.container_status(ACCOUNT, "../me", deadline()))
+    assert fake_graph.requests() == []
 
 
 def test_usage_headers_become_ratios_when_present():
@@ -422,10 +387,7 @@ def test_usage_headers_become_ratios_when_present():
     assert parse_usage_headers(httpx.Headers({})) == {}
 
 
-def test_usage_headers_are_recorded_per_account():
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"data": [full_row()]},
-                              headers={"X-App-Usage": '{"call_count": 40}'})
-
-    _, client = run(handler, lambda c: c.read_quotas(ACCOUNT, deadline()))
+def test_usage_headers_are_recorded_per_account(fake_graph: FakeGraph):
+    fake_graph.token(TOKEN, healthy(3, headers={"X-App-Usage": '{"call_count": 40}'}))
+    _, client = run(fake_graph, lambda c: c.read_quotas(ACCOUNT, deadline()))
     assert client.stats.usage == {("brand", "app", "call_count"): 0.4}

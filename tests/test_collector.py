@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.exposition import generate_latest
 
+from exposition import labels, samples, series, value
 from threads_exporter.calls import api_families
 from threads_exporter.config import Account, ApiConfig, Config
 from threads_exporter.graph.errors import ApiError
@@ -175,20 +176,20 @@ def exposition(families) -> str:
 
 
 def test_failed_reading_yields_up_zero_and_reason_but_never_zero_quotas():
-    text = exposition(quota_families([
+    found = samples(exposition(quota_families([
         Reading("ok", QUOTAS, last_success=1700000000.0, token_expiry=1800000000.0),
         Reading("down", None, "token_invalid", "expired", last_success=1600000000.0),
-    ]))
-    assert 'threads_up{account="ok"} 1.0' in text
-    assert 'threads_up{account="down"} 0.0' in text
-    assert 'threads_quota_usage{account="ok",quota="posts"} 10.0' in text
-    assert 'threads_quota_limit{account="ok",quota="replies"} 1000.0' in text
-    assert 'threads_quota_window_seconds{account="ok",quota="posts"} 86400.0' in text
-    assert 'account="down",quota=' not in text
-    assert 'threads_last_error_reason{account="down",reason="token_invalid"} 1.0' in text
-    assert 'threads_last_error_reason{account="ok"' not in text
-    assert 'threads_last_success_timestamp_seconds{account="down"} 1.6e+09' in text
-    assert 'threads_token_expiry_timestamp_seconds{account="ok"} 1.8e+09' in text
+    ])))
+    assert value(found, "threads_up", account="ok") == 1
+    assert value(found, "threads_up", account="down") == 0
+    assert value(found, "threads_quota_usage", account="ok", quota="posts") == 10
+    assert value(found, "threads_quota_limit", account="ok", quota="replies") == 1000
+    assert value(found, "threads_quota_window_seconds", account="ok", quota="posts") == 86400
+    assert not [lbl for _, lbl in found if ("account", "down") in lbl and "quota" in dict(lbl)]
+    assert series(found, "threads_last_error_reason") == {
+        labels(account="down", reason="token_invalid"): 1}
+    assert value(found, "threads_last_success_timestamp_seconds", account="down") == 1.6e9
+    assert value(found, "threads_token_expiry_timestamp_seconds", account="ok") == 1.8e9
 
 
 def test_api_families_count_requests_errors_and_latency():
@@ -196,17 +197,19 @@ def test_api_families_count_requests_errors_and_latency():
     stats.record("a", "publishing_limit", 0.03, None)
     stats.record("a", "publishing_limit", 7.0, "timeout")
     stats.record("b", "container", 0.2, None)
-    text = exposition(api_families(stats))
-    assert 'threads_api_requests_total{account="a",endpoint="publishing_limit"} 2.0' in text
-    assert ('threads_api_errors_total{account="a",endpoint="publishing_limit",'
-            'reason="timeout"} 1.0') in text
-    assert 'threads_api_request_duration_seconds_bucket{endpoint="publishing_limit",le="0.05"} 1.0'\
-        in text
-    assert 'threads_api_request_duration_seconds_bucket{endpoint="publishing_limit",le="+Inf"} 2.0'\
-        in text
-    assert 'threads_api_request_duration_seconds_count{endpoint="container"} 1.0' in text
-    only_b = exposition(api_families(stats, {"b"}))
-    assert 'account="a"' not in only_b and 'account="b"' in only_b
+    found = samples(exposition(api_families(stats)))
+    assert value(found, "threads_api_requests_total", account="a",
+                 endpoint="publishing_limit") == 2
+    assert value(found, "threads_api_errors_total", account="a", endpoint="publishing_limit",
+                 reason="timeout") == 1
+    assert value(found, "threads_api_request_duration_seconds_bucket",
+                 endpoint="publishing_limit", le="0.05") == 1
+    assert value(found, "threads_api_request_duration_seconds_bucket",
+                 endpoint="publishing_limit", le="+Inf") == 2
+    assert value(found, "threads_api_request_duration_seconds_count", endpoint="container") == 1
+    only_b = samples(exposition(api_families(stats, {"b"})))
+    accounts = {dict(lbl).get("account") for _, lbl in only_b}
+    assert "b" in accounts and "a" not in accounts
 
 
 def test_histogram_buckets_are_cumulative():

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,54 +11,35 @@ import httpx
 import pytest
 import yaml
 
+from fake_graph import FakeGraph, container, healthy
 from threads_exporter.app import Exporter
-from threads_exporter.config import load_config, parse_config
-from threads_exporter.web.server import ExporterHTTPServer
+from threads_exporter.config import Config, load_config, parse_config
 
 API_TOKEN = "s3cret-api-token"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+TOKEN = "upstream-token-abc"
 
-
-class Upstream:
-    """An httpx transport standing in for the Threads API; records every request path."""
-
-    def __init__(self) -> None:
-        self.paths: list[str] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.paths.append(request.url.path)
-        if request.url.path.endswith("/threads_publishing_limit"):
-            return httpx.Response(200, json={"data": [{"quota_usage": 3, "config": {
-                "quota_total": 250, "quota_duration": 86400}}]})
-        return httpx.Response(200, json={"status": "IN_PROGRESS", "id": "1"})
-
-    def container_paths(self) -> list[str]:
-        return [p for p in self.paths
-                if not p.endswith(("/threads_publishing_limit", "/debug_token"))]
-
-
-def start(tmp_path: Path, upstream: Upstream, **containers: Any,
-          ) -> tuple[Exporter, ExporterHTTPServer, str]:
-    config = parse_config({
-        "accounts": [{"name": "brand", "access_token": "upstream-token-abc", "quotas": ["posts"]}],
-        "containers": {"state_path": str(tmp_path / "state.db"), **containers},
-    }, env={})
-    exporter = Exporter(config, transport=httpx.MockTransport(upstream))
-    server = ExporterHTTPServer(("127.0.0.1", 0), exporter, None)
-    # A short poll interval: shutdown() waits for it, once per test.
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
-                     daemon=True).start()
-    return exporter, server, f"http://127.0.0.1:{server.server_address[1]}"
+Api = tuple[str, FakeGraph, Exporter]
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[tuple[str, Upstream, Exporter]]:
-    upstream = Upstream()
-    exporter, server, base = start(tmp_path, upstream, api_token=API_TOKEN)
-    yield base, upstream, exporter
-    server.shutdown()
-    server.server_close()
-    exporter.close()
+def upstream(fake_graph: FakeGraph) -> FakeGraph:
+    return fake_graph.token(TOKEN, healthy(2)).container("42", container("IN_PROGRESS"))
+
+
+def config(tmp_path: Path, **containers: Any) -> Config:
+    return parse_config({
+        "accounts": [{"name": "brand", "access_token": TOKEN, "quotas": ["posts"]}],
+        "containers": {"state_path": str(tmp_path / "state.db"), **containers},
+    }, env={})
+
+
+@pytest.fixture
+def api(tmp_path: Path, upstream: FakeGraph,
+        serve_exporter: Callable[..., tuple[Exporter, str]]) -> Api:
+    exporter, base = serve_exporter(config(tmp_path, api_token=API_TOKEN),
+                                    transport=upstream.transport())
+    return base, upstream, exporter
 
 
 def post(base: str, payload: Any = None, *, content: bytes | None = None,
@@ -68,7 +48,7 @@ def post(base: str, payload: Any = None, *, content: bytes | None = None,
                       headers=AUTH if headers is None else headers, timeout=10)
 
 
-def test_register_new_then_known_then_listed(api: tuple[str, Upstream, Exporter]) -> None:
+def test_register_new_then_known_then_listed(api: Api) -> None:
     base, _, _ = api
     r = post(base, {"account": "brand", "id": "17889615691921648"})
     assert r.status_code == 201, r.text
@@ -89,7 +69,7 @@ def test_register_new_then_known_then_listed(api: tuple[str, Upstream, Exporter]
     {"Authorization": "Bearer"},
     {"Authorization": f"Bearer {API_TOKEN}x"},
 ])
-def test_without_the_bearer_token_401(api: tuple[str, Upstream, Exporter],
+def test_without_the_bearer_token_401(api: Api,
                                       headers: dict[str, str]) -> None:
     base, _, exporter = api
     r = post(base, {"account": "brand", "id": "123"}, headers=headers)
@@ -117,7 +97,7 @@ def test_without_the_bearer_token_401(api: tuple[str, Upstream, Exporter],
     (None, b""),
     (None, b"\xff\xfe"),
 ])
-def test_bad_requests_400_and_nothing_upstream(api: tuple[str, Upstream, Exporter],
+def test_bad_requests_400_and_nothing_upstream(api: Api,
                                                payload: Any, content: bytes | None) -> None:
     base, upstream, exporter = api
     r = post(base, payload, content=content)
@@ -128,7 +108,7 @@ def test_bad_requests_400_and_nothing_upstream(api: tuple[str, Upstream, Exporte
     assert upstream.container_paths() == []
 
 
-def test_unknown_account_404(api: tuple[str, Upstream, Exporter]) -> None:
+def test_unknown_account_404(api: Api) -> None:
     base, upstream, exporter = api
     r = post(base, {"account": "nobody", "id": "123"})
     assert r.status_code == 404 and "nobody" in r.json()["error"]
@@ -137,29 +117,29 @@ def test_unknown_account_404(api: tuple[str, Upstream, Exporter]) -> None:
 
 
 def test_registered_container_is_polled_with_its_id_only(
-        api: tuple[str, Upstream, Exporter]) -> None:
+        api: Api) -> None:
     base, upstream, exporter = api
     assert post(base, {"account": "brand", "id": "42"}).status_code == 201
     exporter.scrape(time.monotonic() + 4.5)
     assert upstream.container_paths() == ["/v1.0/42"]
+    (poll,) = upstream.requests("container")
+    assert (poll.token, poll.fields) == (TOKEN, ["status", "error_message"])
 
 
-def test_no_api_token_configured_means_closed(tmp_path: Path) -> None:
-    upstream = Upstream()
-    exporter, server, base = start(tmp_path, upstream, track=[{"account": "brand", "id": "7"}])
-    try:
-        for r in (post(base, {"account": "brand", "id": "123"}),
-                  httpx.get(f"{base}/api/v1/containers", headers=AUTH)):
-            assert r.status_code == 403
-            assert "containers.api_token" in r.json()["error"]
-        assert [c["id"] for c in exporter.containers()] == ["7"]  # config tracking still works
-    finally:
-        server.shutdown()
-        server.server_close()
-        exporter.close()
+def test_no_api_token_configured_means_closed(
+        tmp_path: Path, upstream: FakeGraph,
+        serve_exporter: Callable[..., tuple[Exporter, str]]) -> None:
+    upstream.container("7", container("IN_PROGRESS"))
+    exporter, base = serve_exporter(config(tmp_path, track=[{"account": "brand", "id": "7"}]),
+                                    transport=upstream.transport())
+    for r in (post(base, {"account": "brand", "id": "123"}),
+              httpx.get(f"{base}/api/v1/containers", headers=AUTH)):
+        assert r.status_code == 403
+        assert "containers.api_token" in r.json()["error"]
+    assert [c["id"] for c in exporter.containers()] == ["7"]  # config tracking still works
 
 
-def test_wrong_methods_and_big_bodies(api: tuple[str, Upstream, Exporter]) -> None:
+def test_wrong_methods_and_big_bodies(api: Api) -> None:
     base, _, _ = api
     r = httpx.delete(f"{base}/api/v1/containers", headers=AUTH)
     assert r.status_code == 405 and "POST" in r.headers["Allow"]
@@ -167,7 +147,7 @@ def test_wrong_methods_and_big_bodies(api: tuple[str, Upstream, Exporter]) -> No
     assert r.status_code == 413
 
 
-def test_reload_adopts_new_tracked_containers(tmp_path: Path) -> None:
+def test_reload_adopts_new_tracked_containers(tmp_path: Path, fake_graph: FakeGraph) -> None:
     path = tmp_path / "config.yaml"
 
     def write(track: list[str]) -> None:
@@ -176,9 +156,9 @@ def test_reload_adopts_new_tracked_containers(tmp_path: Path) -> None:
             "containers": {"state_path": str(tmp_path / "state.db"),
                            "track": [{"account": "brand", "id": i} for i in track]}}))
 
+    fake_graph.token("upstream-token-reload", healthy(2))
     write(["1"])
-    exporter = Exporter(load_config(path), str(path),
-                        transport=httpx.MockTransport(Upstream()))
+    exporter = Exporter(load_config(path), str(path), transport=fake_graph.transport())
     try:
         write(["1", "2"])
         assert exporter.reload() is None

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from procs import REPO, Proc, free_port, wait_http
+from waiting import wait_for
 
 DOCKERFILE = REPO / "Dockerfile"
 
@@ -316,7 +316,7 @@ def test_image_smoke_demo_as_unprivileged_user(installed: Path):
     try:
         base = f"http://127.0.0.1:{port}"
         try:
-            wait_http(base + "/-/ready", timeout=30)
+            wait_http(base + "/-/ready", timeout=30, proc=proc)
         except TimeoutError:
             pytest.fail(f"exporter did not start as {uid}:{gid}:\n{proc.output()}")
         status = Path(f"/proc/{proc.popen.pid}/status").read_text()
@@ -324,11 +324,9 @@ def test_image_smoke_demo_as_unprivileged_user(installed: Path):
         r = httpx.get(base + "/metrics", timeout=10)
         assert r.status_code == 200
         assert "threads_exporter_build_info" in r.text
-        end = time.monotonic() + 20
-        while "threads_up{" not in r.text and time.monotonic() < end:
-            time.sleep(0.5)
-            r = httpx.get(base + "/metrics", timeout=10)
-        assert 'threads_up{account="' in r.text, r.text[:2000]
+        # The demo's accounts, once their first readings are in:
+        wait_for(lambda: httpx.get(base + "/metrics", timeout=10).text,
+                 until=lambda text: 'threads_up{account="' in text, timeout=20, interval=0.5)
 
         # The image's HEALTHCHECK, verbatim but for the port, as the image's user.
         hc = stage.last("HEALTHCHECK").exec_form()  # type: ignore[union-attr]
@@ -375,7 +373,7 @@ def test_healthcheck_accepts_tls_and_basic_auth(installed: Path, tmp_path: Path)
                 env={"PATH": f"{venv_bin}:/usr/bin:/bin"},
                 cwd=installed / "var/lib/threads-exporter")
     try:
-        wait_http(f"https://127.0.0.1:{port}/-/healthy", timeout=30, verify=False,
+        wait_http(f"https://127.0.0.1:{port}/-/healthy", timeout=30, proc=proc, verify=False,
                   auth=("prometheus", "pw"))
         hc = final_stage().last("HEALTHCHECK").exec_form()  # type: ignore[union-attr]
         assert hc is not None

@@ -1,90 +1,70 @@
-"""The real exporter process, over HTTP, against the simulator and with bad input."""
+"""The real exporter process, over HTTP: in --demo mode, against the Graph API fake, and with
+bad input."""
 
 from __future__ import annotations
 
-import re
 import socket
 import subprocess
 import sys
 import threading
-import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from contract import BOUNDED, CONTRACT, HELP, KINDS, OPTIONAL
-from procs import Proc, exporter, exporter_cmd, free_port, promtool_bin
-from threads_exporter.demo.server import SimulatorServer
-from threads_exporter.demo.simulator import demo_accounts, demo_simulator
-
-
-def samples(text: str, name: str) -> dict[str, float]:
-    """{label string: value} of one metric in an exposition."""
-    out = {}
-    for line in text.splitlines():
-        m = re.match(rf"^{name}(\{{.*\}})? (\S+)$", line)
-        if m:
-            out[m.group(1) or ""] = float(m.group(2))
-    return out
+from exposition import by_label, label_names, labels, samples, series, value
+from fake_graph import FakeGraph, healthy
+from procs import Proc, RunningExporter, exporter, exporter_cmd, free_port, promtool_bin
+from threads_exporter.demo.simulator import demo_accounts
+from waiting import eventually, wait_for
 
 
 @pytest.fixture(scope="module")
-def demo():
-    with exporter("--demo", "--log.level", "debug") as (proc, base):
-        yield proc, base
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningExporter]:
+    cwd = tmp_path_factory.mktemp("demo")
+    with exporter("--demo", "--log.level", "debug", cwd=cwd) as (proc, base):
+        yield RunningExporter(proc, base)
 
 
-def test_demo_serves_quotas_for_healthy_accounts(demo):
-    _, base = demo
-    text = httpx.get(base + "/metrics", timeout=10).text
-    up = samples(text, "threads_up")
-    assert up == {'{account="brand"}': 1, '{account="agency"}': 1, '{account="support"}': 1,
-                  '{account="no-delete"}': 1, '{account="expired"}': 0}
-    usage = samples(text, "threads_quota_usage")
+def test_demo_serves_quotas_for_healthy_accounts(demo: RunningExporter):
+    found = demo.metrics()
+    assert by_label(found, "threads_up", "account") == {
+        "brand": 1, "agency": 1, "support": 1, "no-delete": 1, "expired": 0}
     for quota in ("posts", "replies", "deletes", "location_searches"):
-        assert f'{{account="brand",quota="{quota}"}}' in usage
-    assert not any('account="expired"' in k for k in usage)
-    assert samples(text, "threads_last_error_reason") == {
-        '{account="expired",reason="token_invalid"}': 1}
+        assert value(found, "threads_quota_usage", account="brand", quota=quota) is not None
+    assert not series(found, "threads_quota_usage", account="expired")
+    assert series(found, "threads_last_error_reason") == {
+        labels(account="expired", reason="token_invalid"): 1}
 
 
-def test_token_without_delete_permission_reports_posts_and_replies_only(demo):
-    _, base = demo
-    usage = samples(httpx.get(base + "/metrics", timeout=10).text, "threads_quota_usage")
-    groups = {re.search(r'quota="(\w+)"', k).group(1) for k in usage if "no-delete" in k}
+def test_token_without_delete_permission_reports_posts_and_replies_only(demo: RunningExporter):
+    groups = set(by_label(demo.metrics(), "threads_quota_usage", "quota", account="no-delete"))
     assert {"posts", "replies"} <= groups
     assert "deletes" not in groups
 
 
-def test_token_expiry_is_exported_where_debug_token_answers(demo):
-    _, base = demo
-    expiry = samples(httpx.get(base + "/metrics", timeout=10).text,
-                     "threads_token_expiry_timestamp_seconds")
-    assert '{account="agency"}' in expiry
-    assert '{account="expired"}' not in expiry
+def test_token_expiry_is_exported_where_debug_token_answers(demo: RunningExporter):
+    expiry = by_label(demo.metrics(), "threads_token_expiry_timestamp_seconds", "account")
+    assert "agency" in expiry
+    assert "expired" not in expiry
 
 
-def test_demo_exposes_every_contract_family_with_its_labels(demo):
+def test_demo_exposes_every_contract_family_with_its_labels(demo: RunningExporter):
     """Every metric of the table appears with its type, help and labels; every threads_*
     family exposed is in the table; every bounded label stays within its values."""
-    _, base = demo
-    deadline = time.monotonic() + 30
-    while True:  # container families need the demo's first containers polled
-        text = httpx.get(base + "/metrics", timeout=10).text
-        families = {f.name: f for f in text_string_to_metric_families(text)}
-        labels: dict[str, set[str]] = {}
-        for family in families.values():
-            name = family.name + ("_total" if family.type == "counter" else "")
-            for sample in family.samples:
-                labels.setdefault(name, set()).update(set(sample.labels) - {"le"})
-        missing = {m for m in CONTRACT if m != "up" and m not in labels} - OPTIONAL
-        if not missing or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert not missing
+    def every_family() -> str:
+        # Container families need the demo's first containers polled.
+        text = httpx.get(demo.url(), timeout=10).text
+        found = label_names(text)
+        assert not {m for m in CONTRACT if m != "up" and m not in found} - OPTIONAL
+        return text
+
+    text = eventually(every_family, timeout=30, interval=1)
+    found = label_names(text)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
     for family in families.values():
         name = family.name + ("_total" if family.type == "counter" else "")
         if not name.startswith("threads_"):
@@ -92,25 +72,25 @@ def test_demo_exposes_every_contract_family_with_its_labels(demo):
             continue
         assert name in CONTRACT, f"{name} is exposed but not in threads_exporter.metrics"
         assert (family.type, family.documentation) == (KINDS[name], HELP[name]), name
-        assert labels.get(name, CONTRACT[name]) == CONTRACT[name], name  # unless no samples
+        if family.samples:
+            assert found[name] == CONTRACT[name], name
         for sample in family.samples:
-            for label, value in sample.labels.items():
-                assert label not in BOUNDED or value in BOUNDED[label], (name, label, value)
+            for label, value_ in sample.labels.items():
+                assert label not in BOUNDED or value_ in BOUNDED[label], (name, label, value_)
     assert {"process_resident_memory_bytes", "python_info"} <= set(families)
 
 
 @pytest.mark.skipif(promtool_bin() is None, reason="promtool not installed")
-def test_metrics_pass_promtool_check(demo):
-    _, base = demo
-    body = httpx.get(base + "/metrics", timeout=10).content
+def test_metrics_pass_promtool_check(demo: RunningExporter):
+    body = httpx.get(demo.url(), timeout=10).content
     result = subprocess.run([promtool_bin(), "check", "metrics"], input=body,
                             capture_output=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == b"" and result.stderr.strip() == b""
 
 
-def test_openmetrics_and_gzip_are_negotiated(demo):
-    _, base = demo
+def test_openmetrics_and_gzip_are_negotiated(demo: RunningExporter):
+    base = demo.base
     r = httpx.get(base + "/metrics", headers={"Accept": "application/openmetrics-text"})
     assert r.headers["content-type"].startswith("application/openmetrics-text")
     assert r.text.rstrip().endswith("# EOF")
@@ -119,17 +99,17 @@ def test_openmetrics_and_gzip_are_negotiated(demo):
     assert "threads_up" in r.text
 
 
-def test_probe_reports_one_account(demo):
-    _, base = demo
+def test_probe_reports_one_account(demo: RunningExporter):
+    base = demo.base
     text = httpx.get(base + "/probe", params={"account": "brand"}).text
-    assert set(samples(text, "threads_up")) == {'{account="brand"}'}
+    assert set(series(samples(text), "threads_up")) == {labels(account="brand")}
     assert "threads_exporter_build_info" not in text
     assert httpx.get(base + "/probe", params={"account": "nobody"}).status_code == 400
     assert httpx.get(base + "/probe").status_code == 400
 
 
-def test_landing_page_health_and_unknown_paths(demo):
-    _, base = demo
+def test_landing_page_health_and_unknown_paths(demo: RunningExporter):
+    base = demo.base
     page = httpx.get(base + "/").text
     assert "/metrics" in page and "agency" in page
     assert "demo-token" not in page
@@ -139,71 +119,67 @@ def test_landing_page_health_and_unknown_paths(demo):
     assert httpx.post(base + "/metrics").status_code == 405
 
 
-def test_no_demo_token_in_any_response_or_debug_log(demo):
-    proc, base = demo
+def test_no_demo_token_in_any_response_or_debug_log(demo: RunningExporter):
+    base = demo.base
     tokens = [account.token for _, account in demo_accounts()]
     bodies = [httpx.get(base + p).text for p in ("/", "/metrics", "/probe?account=expired",
                                                  "/probe?account=x", "/nope")]
     bodies.append(httpx.post(base + "/-/reload").text)
-    log = proc.output()
+    log = demo.output()
     assert "level=debug" in log
     for token in tokens:
         assert all(token not in body for body in bodies)
         assert token not in log
 
 
-# --- against a simulator we can count calls on ---------------------------------------------
+# --- against the fake, which counts the calls ------------------------------------------------
 
 
 @pytest.fixture
-def simulator():
-    server = SimulatorServer(demo_simulator(latency=0.05)).start()
-    yield server
-    server.stop()
+def upstream(fake_graph: FakeGraph) -> FakeGraph:
+    fake_graph.latency = 0.05
+    for i, name in enumerate(("brand", "agency", "support"), start=1):
+        fake_graph.token(f"tok-{name}", healthy(i))
+    return fake_graph
 
 
-def write_config(path: Path, base_url: str, names: list[str] | None = None, **extra) -> Path:
-    accounts = [{"name": name, "access_token": sim.token}
-                for name, sim in demo_accounts() if names is None or name in names]
-    path.write_text(yaml.safe_dump({"api": {"base_url": base_url}, "accounts": accounts,
-                                    "containers": {"state_path": str(path.parent / "s.db")},
-                                    **extra}))
-    return path
+def test_ten_concurrent_scrapes_make_at_most_one_call_per_account(
+        upstream: FakeGraph, config_file: Callable[..., Path],
+        run_exporter: Callable[..., RunningExporter]):
+    config = config_file(upstream.base_url, {"brand": "tok-brand", "agency": "tok-agency"})
+    running = run_exporter("--config.file", str(config))
+    baseline = upstream.calls(endpoint="publishing_limit")
+    results: list[int] = []
+
+    def scrape() -> None:
+        results.append(httpx.get(running.url(), timeout=10).status_code)
+
+    threads = [threading.Thread(target=scrape) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200] * 10
+    assert upstream.calls(endpoint="publishing_limit") - baseline <= 2
 
 
-def test_ten_concurrent_scrapes_make_at_most_one_call_per_account(tmp_path, simulator):
-    config = write_config(tmp_path / "c.yaml", simulator.base_url, ["brand", "agency"])
-    with exporter("--config.file", str(config)) as (_, base):
-        baseline = simulator.sim.calls.get("publishing_limit", 0)
-        results: list[int] = []
-
-        def scrape() -> None:
-            results.append(httpx.get(base + "/metrics", timeout=10).status_code)
-
-        threads = [threading.Thread(target=scrape) for _ in range(10)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert results == [200] * 10
-        assert simulator.sim.calls["publishing_limit"] - baseline <= 2
-
-
-def test_reload_adopts_a_good_config_and_keeps_the_old_one_on_a_bad_one(tmp_path, simulator):
-    config = write_config(tmp_path / "c.yaml", simulator.base_url, ["brand"])
-    with exporter("--config.file", str(config)) as (_, base):
-        write_config(config, simulator.base_url, ["brand", "support"])
-        assert httpx.post(base + "/-/reload").status_code == 200
-        text = httpx.get(base + "/metrics").text
-        assert '{account="support"}' in samples(text, "threads_up")
-        assert samples(text, "threads_exporter_config_last_reload_successful") == {"": 1}
-        config.write_text("accounts: [{name: x}]\n")
-        r = httpx.post(base + "/-/reload")
-        assert r.status_code == 400
-        assert "accounts[0]: one of access_token or access_token_file is required" in r.text
-        text = httpx.get(base + "/metrics").text
-        assert samples(text, "threads_exporter_config_last_reload_successful") == {"": 0}
-        assert '{account="support"}' in samples(text, "threads_up")
+def test_reload_adopts_a_good_config_and_keeps_the_old_one_on_a_bad_one(
+        upstream: FakeGraph, config_file: Callable[..., Path],
+        run_exporter: Callable[..., RunningExporter]):
+    config = config_file(upstream.base_url, {"brand": "tok-brand"})
+    running = run_exporter("--config.file", str(config))
+    config_file(upstream.base_url, {"brand": "tok-brand", "support": "tok-support"})
+    assert httpx.post(running.url("/-/reload")).status_code == 200
+    found = running.metrics()
+    assert value(found, "threads_up", account="support") is not None
+    assert series(found, "threads_exporter_config_last_reload_successful") == {labels(): 1}
+    config.write_text("accounts: [{name: x}]\n")
+    r = httpx.post(running.url("/-/reload"))
+    assert r.status_code == 400
+    assert "accounts[0]: one of access_token or access_token_file is required" in r.text
+    found = running.metrics()
+    assert series(found, "threads_exporter_config_last_reload_successful") == {labels(): 0}
+    assert value(found, "threads_up", account="support") is not None
 
 
 # --- bad input at start-up -----------------------------------------------------------------
@@ -250,7 +226,7 @@ def test_port_in_use_exits_2():
     blocker = Proc([sys.executable, "-c", "import socket,time\n"
                     f"s=socket.socket();s.bind(('127.0.0.1',{port}));s.listen();time.sleep(30)"])
     try:
-        wait_for_listen(port)
+        wait_for(lambda: listening(port), timeout=5, what=f"port {port} listening")
         result = run_cli("--demo", "--web.listen-address", f"127.0.0.1:{port}")
         assert result.returncode == 2
         assert "cannot listen" in result.stderr
@@ -258,13 +234,9 @@ def test_port_in_use_exits_2():
         blocker.stop()
 
 
-def wait_for_listen(port: int) -> None:
-    for _ in range(100):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(port)
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_version_flag():

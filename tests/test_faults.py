@@ -1,5 +1,5 @@
-"""The fault matrix: the real exporter process against a scripted Graph API double
-(tests/graph_double.py, not our simulator), one account per failure kind beside healthy ones.
+"""The fault matrix: the real exporter process against the scripted Graph API fake
+(tests/fake_graph.py, not our simulator), one account per failure kind beside healthy ones.
 
 For every kind the test checks what a user sees: `threads_up`, `threads_last_error_reason`,
 `threads_api_errors_total{reason}`, a warning log line naming the account and the reason,
@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from graph_double import (
+from exposition import samples, series, value
+from fake_graph import (
     Behaviour,
-    GraphDouble,
+    FakeGraph,
     body,
     delay,
     expected_quotas,
@@ -28,15 +30,10 @@ from graph_double import (
     hang,
     healthy,
     huge,
-    json_logs,
     reset_mid_body,
     row,
-    samples,
-    series,
-    value,
-    write_config,
 )
-from procs import exporter, free_port
+from procs import RunningExporter, free_port
 
 HTML_500 = b"<html><body><h1>500 Internal Server Error</h1></body></html>"
 CFG = {"quota_total": 250, "quota_duration": 86400}
@@ -58,8 +55,7 @@ CASES: dict[str, Case] = {
     "extra-keys": Case(healthy(30, surprise={"nested": [1, 2]}, note="new"), None,
                        expected_quotas(30)),
     "expired": Case(graph_error(400, 190, "Error validating access token: Session has "
-                                "expired.", type="OAuthException", error_subcode=463),
-                    "token_invalid"),
+                                "expired.", subcode=463), "token_invalid"),
     **{f"throttled-{code}": Case(graph_error(400, code, f"({code}) request limit reached"),
                                  "rate_limited") for code in (4, 17, 32, 613)},
     "permission": Case(graph_error(500, 10, "(#10) Application does not have permission"),
@@ -111,33 +107,33 @@ def scrape(base: str, path: str, timeout_header: float) -> tuple[float, httpx.Re
     return time.monotonic() - start, r
 
 
-def test_fault_matrix(tmp_path: Path) -> None:
-    double = GraphDouble({token(n): c.behaviour for n, c in CASES.items()})
-    with double:
-        config = write_config(tmp_path / "config.yaml", double.base_url,
-                              {n: token(n) for n in CASES}, timeout=API_TIMEOUT)
-        with exporter("--config.file", str(config), "--log.format", "json") as (proc, base):
-            # Prometheus gives up after 1.5 s, the upstream needs SLOW_SECONDS: the exporter
-            # must answer in time and report the account as timed out, not hang.
-            took, r = scrape(base, "/probe?account=slow", 1.5)
-            assert r.status_code == 200
-            assert took < 1.5, f"/probe answered after {took:.2f}s, past the scrape timeout"
-            first = samples(r.text)
-            assert value(first, "threads_up", account="slow") == 0
-            assert value(first, "threads_last_error_reason", account="slow",
-                         reason="timeout") == 1
-            assert not series(first, "threads_quota_usage", account="slow")
+def test_fault_matrix(fake_graph: FakeGraph, config_file: Callable[..., Path],
+                     run_exporter: Callable[..., RunningExporter]) -> None:
+    for name, case in CASES.items():
+        fake_graph.token(token(name), case.behaviour)
+    config = config_file(fake_graph.base_url, {n: token(n) for n in CASES}, timeout=API_TIMEOUT)
+    exporter = run_exporter("--config.file", str(config), "--log.format", "json")
+    # Prometheus gives up after 1.5 s, the upstream needs SLOW_SECONDS: the exporter must
+    # answer in time and report the account as timed out, not hang.
+    took, r = scrape(exporter.base, "/probe?account=slow", 1.5)
+    assert r.status_code == 200
+    assert took < 1.5, f"/probe answered after {took:.2f}s, past the scrape timeout"
+    first = samples(r.text)
+    assert value(first, "threads_up", account="slow") == 0
+    assert value(first, "threads_last_error_reason", account="slow", reason="timeout") == 1
+    assert not series(first, "threads_quota_usage", account="slow")
 
-            # A generous scrape lets every kind settle, the hanging one included (two attempts
-            # of API_TIMEOUT each).
-            took, r = scrape(base, "/metrics", 6)
-            assert r.status_code == 200 and took < 6
-            found = samples(r.text)
-            # Cached readings and backoff: a repeat scrape is fast and asks nothing new.
-            took, again = scrape(base, "/metrics", 6)
-            assert again.status_code == 200 and took < 2
-            logs = list(json_logs(proc.output()))
-        stats = {n: double.stats_for(token(n)) for n in CASES}
+    # A generous scrape lets every kind settle, the hanging one included (two attempts of
+    # API_TIMEOUT each).
+    took, r = scrape(exporter.base, "/metrics", 6)
+    assert r.status_code == 200 and took < 6
+    found = samples(r.text)
+    # Cached readings and backoff: a repeat scrape is fast and asks nothing new.
+    took, again = scrape(exporter.base, "/metrics", 6)
+    assert again.status_code == 200 and took < 2
+    logs = exporter.logs()
+    exporter.stop()
+    calls = {n: fake_graph.calls(token(n), "publishing_limit") for n in CASES}
 
     for name, case in CASES.items():
         up = value(found, "threads_up", account=name)
@@ -152,7 +148,7 @@ def test_fault_matrix(tmp_path: Path) -> None:
         warnings = [line for line in logs if line.get("msg") == "quota reading failed"
                     and line.get("account") == name]
         where = f"account {name}"
-        assert requests == stats[name].calls > 0, where
+        assert requests == calls[name] > 0, where
         if case.reason is None:
             assert up == 1, where
             assert usage == case.quotas, where
@@ -166,12 +162,12 @@ def test_fault_matrix(tmp_path: Path) -> None:
         assert case.reason in errors, where
         assert [w["reason"] for w in warnings] == [case.reason], where
     # The slow answer that missed the first scrape was not thrown away.
-    assert stats["slow"].calls == 1
+    assert calls["slow"] == 1
     # The many-megabyte answer was abandoned after the 1 MiB bound, not read to the end
     # (what was sent beyond that sits in socket buffers).
-    assert stats["huge-body"].bytes_sent < 24 << 20
+    assert fake_graph.bytes_sent(token("huge-body")) < 24 << 20
     # Throttled accounts are not hammered.
-    assert all(stats[f"throttled-{c}"].calls <= 2 for c in (4, 17, 32, 613))
+    assert all(calls[f"throttled-{c}"] <= 2 for c in (4, 17, 32, 613))
     # Every threads_* series the same (the process_* ones move with the process).
     def own(found: dict) -> dict:
         return {k: v for k, v in found.items() if k[0].startswith("threads_")}
@@ -180,15 +176,16 @@ def test_fault_matrix(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("upstream", ["refused", "unresolvable"])
-def test_unreachable_upstream(tmp_path: Path, upstream: str) -> None:
+def test_unreachable_upstream(upstream: str, config_file: Callable[..., Path],
+                              run_exporter: Callable[..., RunningExporter]) -> None:
     base_url = (f"http://127.0.0.1:{free_port()}" if upstream == "refused"
                 else "http://threads-api.invalid")
-    config = write_config(tmp_path / "config.yaml", base_url, {"a": "tok-a", "b": "tok-b"})
-    with exporter("--config.file", str(config), "--log.format", "json") as (proc, base):
-        took, r = scrape(base, "/metrics", 5)
-        assert r.status_code == 200 and took < 5
-        found = samples(r.text)
-        logs = list(json_logs(proc.output()))
+    config = config_file(base_url, {"a": "tok-a", "b": "tok-b"})
+    exporter = run_exporter("--config.file", str(config), "--log.format", "json")
+    took, r = scrape(exporter.base, "/metrics", 5)
+    assert r.status_code == 200 and took < 5
+    found = samples(r.text)
+    logs = exporter.logs()
     for name in ("a", "b"):
         assert value(found, "threads_up", account=name) == 0
         assert not series(found, "threads_quota_usage", account=name)

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import httpx
 
-from graph_double import GraphDouble, hang, healthy, json_logs, samples, value, write_config
-from procs import Proc, exporter, free_port, wait_http
+from exposition import Samples, scrape, value
+from fake_graph import FakeGraph, hang, healthy
+from procs import Proc, RunningExporter, free_port, json_logs, wait_http
+from waiting import wait_for
 
 # Runs the exporter with a file size limit: every write past it fails with EFBIG, as writes
 # to a full disk fail with ENOSPC. SIGXFSZ is ignored so the write fails instead of killing.
@@ -23,35 +25,28 @@ FULL_DISK = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, si
              "*sys.argv[2:]])")
 
 
-def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < end, "condition not reached in time"
-        time.sleep(0.05)
+def metrics(base: str) -> Samples:
+    return scrape(base + "/metrics")
 
 
-def metrics(base: str) -> dict:
-    r = httpx.get(base + "/metrics", timeout=15)
-    assert r.status_code == 200
-    return samples(r.text)
-
-
-def test_sigterm_with_a_request_in_flight_exits_0_promptly(tmp_path: Path) -> None:
-    with GraphDouble({"tok-ok": healthy(1), "tok-hang": hang}) as double:
-        # The hanging call would take 20 s to time out: shutdown must not wait for it.
-        config = write_config(tmp_path / "config.yaml", double.base_url,
-                              {"ok": "tok-ok", "stuck": "tok-hang"}, timeout=20)
-        with exporter("--config.file", str(config), "--log.format", "json") as (proc, base):
-            answers: list[int | None] = []
-            scraper = threading.Thread(target=_scrape, args=(base, answers))
-            scraper.start()
-            wait_for(lambda: double.stats_for("tok-hang").calls == 1)
-            start = time.monotonic()
-            proc.popen.send_signal(signal.SIGTERM)
-            code = proc.popen.wait(15)
-            took = time.monotonic() - start
-            scraper.join(10)
-            output = proc.output()
+def test_sigterm_with_a_request_in_flight_exits_0_promptly(
+        fake_graph: FakeGraph, config_file: Callable[..., Path],
+        run_exporter: Callable[..., RunningExporter]) -> None:
+    fake_graph.token("tok-ok", healthy(1)).token("tok-hang", hang)
+    # The hanging call would take 20 s to time out: shutdown must not wait for it.
+    config = config_file(fake_graph.base_url, {"ok": "tok-ok", "stuck": "tok-hang"},
+                         timeout=20)
+    exporter = run_exporter("--config.file", str(config), "--log.format", "json")
+    answers: list[int | None] = []
+    scraper = threading.Thread(target=_scrape, args=(exporter.base, answers))
+    scraper.start()
+    wait_for(lambda: fake_graph.calls("tok-hang", "publishing_limit"), until=lambda n: n == 1)
+    start = time.monotonic()
+    exporter.send_signal(signal.SIGTERM)
+    code = exporter.wait(15)
+    took = time.monotonic() - start
+    scraper.join(10)
+    output = exporter.output()
     assert code == 0, output
     assert took < 5, f"shutdown took {took:.1f}s"
     logs = list(json_logs(output))
@@ -70,86 +65,90 @@ def _scrape(base: str, answers: list[int | None]) -> None:
         answers.append(None)
 
 
-def test_reload_keeps_the_old_config_when_the_new_one_is_bad(tmp_path: Path) -> None:
-    with GraphDouble({"tok-a": healthy(1), "tok-b": healthy(2), "tok-c": healthy(3)}) as double:
-        path = tmp_path / "config.yaml"
+def test_reload_keeps_the_old_config_when_the_new_one_is_bad(
+        fake_graph: FakeGraph, config_file: Callable[..., Path],
+        run_exporter: Callable[..., RunningExporter]) -> None:
+    for i, name in enumerate("abc", start=1):
+        fake_graph.token(f"tok-{name}", healthy(i))
 
-        def good(*names: str) -> None:
-            write_config(path, double.base_url, {n: f"tok-{n}" for n in names})
+    def good(*names: str) -> Path:
+        return config_file(fake_graph.base_url, {n: f"tok-{n}" for n in names})
 
-        good("a")
-        with exporter("--config.file", str(path), "--log.format", "json") as (proc, base):
-            found = metrics(base)
-            assert value(found, "threads_exporter_config_last_reload_successful") == 1
-            assert value(found, "threads_up", account="a") == 1
+    path = good("a")
+    exporter = run_exporter("--config.file", str(path), "--log.format", "json")
+    found = exporter.metrics()
+    assert value(found, "threads_exporter_config_last_reload_successful") == 1
+    assert value(found, "threads_up", account="a") == 1
 
-            # SIGHUP with a typo in a key: rejected, the running config stays.
-            path.write_text(path.read_text().replace("accounts:", "acounts:"))
-            proc.popen.send_signal(signal.SIGHUP)
-            wait_for(lambda: value(metrics(base), "threads_exporter_config_last_reload_successful")
-                     == 0)
-            assert value(metrics(base), "threads_up", account="a") == 1
-            failures = [line for line in json_logs(proc.output())
-                        if line.get("msg") == "config reload failed; keeping the running config"]
-            assert failures and "acounts" in failures[0]["error"]
+    # SIGHUP with a typo in a key: rejected, the running config stays.
+    path.write_text(path.read_text().replace("accounts:", "acounts:"))
+    exporter.send_signal(signal.SIGHUP)
+    wait_for(lambda: value(exporter.metrics(), "threads_exporter_config_last_reload_successful"),
+             until=lambda v: v == 0)
+    assert value(exporter.metrics(), "threads_up", account="a") == 1
+    failures = [line for line in exporter.logs()
+                if line.get("msg") == "config reload failed; keeping the running config"]
+    assert failures and "acounts" in failures[0]["error"]
 
-            # POST /-/reload with broken YAML: 400 naming the problem, old config kept.
-            path.write_text("accounts: [\n")
-            r = httpx.post(base + "/-/reload", timeout=10)
-            assert r.status_code == 400 and "invalid YAML" in r.text
-            found = metrics(base)
-            assert value(found, "threads_exporter_config_last_reload_successful") == 0
-            assert value(found, "threads_up", account="a") == 1
+    # POST /-/reload with broken YAML: 400 naming the problem, old config kept.
+    path.write_text("accounts: [\n")
+    r = httpx.post(exporter.url("/-/reload"), timeout=10)
+    assert r.status_code == 400 and "invalid YAML" in r.text
+    found = exporter.metrics()
+    assert value(found, "threads_exporter_config_last_reload_successful") == 0
+    assert value(found, "threads_up", account="a") == 1
 
-            # A good config is adopted, with its new account.
-            good("a", "b")
-            r = httpx.post(base + "/-/reload", timeout=10)
-            assert r.status_code == 200
-            found = metrics(base)
-            assert value(found, "threads_exporter_config_last_reload_successful") == 1
-            assert value(found, "threads_up", account="b") == 1
-            assert value(found, "threads_quota_usage", account="b", quota="posts") == 3
+    # A good config is adopted, with its new account.
+    good("a", "b")
+    r = httpx.post(exporter.url("/-/reload"), timeout=10)
+    assert r.status_code == 200
+    found = exporter.metrics()
+    assert value(found, "threads_exporter_config_last_reload_successful") == 1
+    assert value(found, "threads_up", account="b") == 1
+    assert value(found, "threads_quota_usage", account="b", quota="posts") == 3
 
-            # And by SIGHUP too; a dropped account's series go away.
-            good("b", "c")
-            proc.popen.send_signal(signal.SIGHUP)
-            wait_for(lambda: value(metrics(base), "threads_up", account="c") == 1)
-            found = metrics(base)
-            assert value(found, "threads_up", account="a") is None
-            assert value(found, "threads_exporter_config_last_reload_successful") == 1
+    # And by SIGHUP too; a dropped account's series go away.
+    good("b", "c")
+    exporter.send_signal(signal.SIGHUP)
+    wait_for(lambda: value(exporter.metrics(), "threads_up", account="c"),
+             until=lambda v: v == 1)
+    found = exporter.metrics()
+    assert value(found, "threads_up", account="a") is None
+    assert value(found, "threads_exporter_config_last_reload_successful") == 1
 
 
-def test_full_disk_for_the_store_keeps_quota_metrics(tmp_path: Path) -> None:
-    with GraphDouble({"tok-a": healthy(1)}) as double:
-        config = write_config(tmp_path / "config.yaml", double.base_url, {"a": "tok-a"},
-                              containers={"api_token": "reg-token",
-                                          "state_path": str(tmp_path / "state.db")})
-        port = free_port()
-        proc = Proc([sys.executable, "-c", FULL_DISK, str(256 * 1024), "--config.file",
-                     str(config), "--web.listen-address", f"127.0.0.1:{port}",
-                     "--log.format", "json"], cwd=tmp_path)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(base + "/-/ready", 30)
-            auth = {"Authorization": "Bearer reg-token"}
-            answers = []
-            for i in range(2000):
-                r = httpx.post(base + "/api/v1/containers", headers=auth, timeout=10,
-                               json={"account": "a", "id": str(10**15 + i)})
-                answers.append(r)
-                if r.status_code != 201:
-                    break
-            refused = answers[-1]
-            assert refused.status_code == 503, refused.text
-            assert refused.json()["error"]  # says what is wrong with the disk
-            assert len(answers) > 1  # it worked until the disk filled up
-            found = metrics(base)
-            assert value(found, "threads_up", account="a") == 1
-            assert value(found, "threads_quota_usage", account="a", quota="posts") == 2
-            assert value(found, "threads_exporter_container_store_up") == 0
-            proc.popen.send_signal(signal.SIGTERM)
-            assert proc.popen.wait(15) == 0
-            logs = list(json_logs(proc.output()))
-        finally:
-            proc.stop()
+def test_full_disk_for_the_store_keeps_quota_metrics(
+        tmp_path: Path, fake_graph: FakeGraph, config_file: Callable[..., Path]) -> None:
+    fake_graph.token("tok-a", healthy(1))
+    config = config_file(fake_graph.base_url, {"a": "tok-a"},
+                         containers={"api_token": "reg-token",
+                                     "state_path": str(tmp_path / "state.db")})
+    port = free_port()
+    proc = Proc([sys.executable, "-c", FULL_DISK, str(256 * 1024), "--config.file",
+                 str(config), "--web.listen-address", f"127.0.0.1:{port}",
+                 "--log.format", "json"], cwd=tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(base + "/-/ready", 30, proc=proc)
+        auth = {"Authorization": "Bearer reg-token"}
+        answers = []
+        for i in range(2000):
+            r = httpx.post(base + "/api/v1/containers", headers=auth, timeout=10,
+                           json={"account": "a", "id": str(10**15 + i)})
+            answers.append(r)
+            if r.status_code != 201:
+                break
+        refused = answers[-1]
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]  # says what is wrong with the disk
+        assert len(answers) > 1  # it worked until the disk filled up
+        found = metrics(base)
+        assert value(found, "threads_up", account="a") == 1
+        assert value(found, "threads_quota_usage", account="a", quota="posts") == 2
+        assert value(found, "threads_exporter_container_store_up") == 0
+        proc.popen.send_signal(signal.SIGTERM)
+        assert proc.popen.wait(15) == 0
+        logs = proc.logs()
+    finally:
+        proc.stop()
     assert any(line.get("level") in ("warn", "error") and "error" in line for line in logs)

@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 
-from procs import exporter, prom_query, prometheus
+from procs import PrometheusServer, RunningExporter
+from waiting import wait_for
 
-
-def wait_for(url: str, expr: str, series: int = 1, timeout: float = 30.0) -> list[dict]:
-    """The query's result once it holds at least `series` series."""
-    end = time.monotonic() + timeout
-    result: list[dict] = []
-    while time.monotonic() < end:
-        result = prom_query(url, expr)
-        if len(result) >= series:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"{expr} returned {len(result)} series within {timeout}s, "
-                         f"wanted {series}")
-
-
-def test_quota_usage_arrives_in_prometheus():
-    probe_job = """  - job_name: threads-probe
+PROBE_JOB = """  - job_name: threads-probe
     metrics_path: /probe
     static_configs: [{targets: [brand, expired]}]
     relabel_configs:
@@ -29,15 +15,28 @@ def test_quota_usage_arrives_in_prometheus():
       - {source_labels: [__param_account], target_label: instance}
       - {target_label: __address__, replacement: %s}
 """
-    with exporter("--demo") as (_, base):
-        target = base.removeprefix("http://")
-        with prometheus([target], extra_scrape=probe_job % target) as url:
-            usage = wait_for(url, 'threads_quota_usage{job="threads-exporter",account="brand"}')
-            assert {r["metric"]["quota"] for r in usage} == {
-                "posts", "replies", "deletes", "location_searches"}
-            assert all(0 <= float(r["value"][1]) <= 1000 for r in usage)
-            up = wait_for(url, 'threads_up{job="threads-probe"}', series=2)
-            assert {r["metric"]["instance"]: r["value"][1] for r in up} == {
-                "brand": "1", "expired": "0"}
-            scrape = wait_for(url, 'up{job=~"threads-.*"}', series=3)
-            assert {r["value"][1] for r in scrape} == {"1"}
+
+
+def test_quota_usage_arrives_in_prometheus(
+        run_exporter: Callable[..., RunningExporter],
+        run_prometheus: Callable[..., PrometheusServer]):
+    exporter = run_exporter("--demo")
+    target = exporter.base.removeprefix("http://")
+    prom = run_prometheus([target], extra_scrape=PROBE_JOB % target)
+
+    def query(expr: str) -> Callable[[], list[dict]]:
+        return lambda: prom.query(expr)
+
+    usage = wait_for(query('threads_quota_usage{job="threads-exporter",account="brand"}'),
+                     timeout=30)
+    assert {r["metric"]["quota"] for r in usage} == {
+        "posts", "replies", "deletes", "location_searches"}
+    assert all(0 <= float(r["value"][1]) <= 1000 for r in usage)
+    # Each probe reports its own account. Waited for, not read once: on a loaded machine a
+    # scrape may miss Prometheus' 1 s timeout, and the series go stale until the next one.
+    wait_for(query('threads_up{job="threads-probe"}'),
+             until=lambda up: {r["metric"]["instance"]: r["value"][1] for r in up} == {
+                 "brand": "1", "expired": "0"}, timeout=30)
+    wait_for(query('up{job=~"threads-.*"}'),
+             until=lambda up: len(up) == 3 and {r["value"][1] for r in up} == {"1"},
+             timeout=30)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from procs import REPO, Proc, exporter, free_port, prometheus_bin, wait_http
+from procs import REPO, exporter, prometheus
+from waiting import wait_for
 
 _spec = importlib.util.spec_from_file_location("render_dashboards",
                                                REPO / "scripts" / "render_dashboards.py")
@@ -32,6 +31,10 @@ JOB = "threads-exporter"  # matches the rules' job=~".*threads.*" selector
 # interval); with the 1 s scrape interval used here 10 s holds several samples.
 RATE_INTERVAL = "10s"
 SAMPLES_NEEDED = 15  # seconds of scrapes before the queries run
+# Prometheus' scrape timeout is its 1 s interval here: on a loaded machine a scrape can miss
+# it, and the exporter's series are stale until the next one succeeds. Whatever a test reads
+# at "now" it waits for, this long at most.
+SETTLE_SECONDS = 30.0
 
 
 def _queries() -> list[tuple[str, str, str, bool]]:
@@ -78,52 +81,31 @@ class Loop:
 
 
 @pytest.fixture(scope="module")
-def loop() -> Iterator[Loop]:
-    binary = prometheus_bin()
-    if binary is None:
-        pytest.skip("prometheus binary not installed (Debian package 'prometheus')")
-    tmp = Path(tempfile.mkdtemp(prefix="prom-loop-"))
-    # The exporter keeps container state in its working directory: use the temp dir.
-    with exporter("--demo", cwd=tmp) as (_proc, base):
+def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
+    cwd = tmp_path_factory.mktemp("prom-loop")
+    with exporter("--demo", cwd=cwd) as (_proc, base):
         target = base.removeprefix("http://")
-        shutil.copy(RULES, tmp / "rules.yml")
-        (tmp / "prometheus.yml").write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            "rule_files: [rules.yml]\n"
-            f"scrape_configs:\n  - job_name: {JOB}\n"
-            f"    static_configs: [{{targets: ['{target}']}}]\n")
-        port = free_port()
-        prom = Proc([binary, f"--config.file={tmp / 'prometheus.yml'}",
-                     f"--storage.tsdb.path={tmp / 'data'}",
-                     f"--web.listen-address=127.0.0.1:{port}"])
-        url = f"http://127.0.0.1:{port}"
-        try:
-            try:
-                wait_http(url + "/-/ready", timeout=30)
-            except TimeoutError:
-                pytest.fail(f"prometheus did not start:\n{prom.output()}")
+        with prometheus([target], rule_files=[RULES], job=JOB) as url:
             loop = Loop(url, target)
             _wait_for_samples(loop)
             yield loop
-        finally:
-            prom.stop()
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _wait_for_samples(loop: Loop, timeout: float = 45.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
+    """Until Prometheus holds SAMPLES_NEEDED scrapes of the exporter and has evaluated every
+    rule."""
+    def progress() -> tuple[float, bool]:
         try:
             got = loop.prom.instant(f'count_over_time(up{{job="{JOB}"}}[1m])')
             rules = _rules(loop.url)
         except (RuntimeError, httpx.HTTPError):
             got, rules = [], []
-        evaluated = rules and all(not r.get("lastEvaluation", "0001").startswith("0001")
-                                  for r in rules)
-        if got and float(got[0]["value"][1]) >= SAMPLES_NEEDED and evaluated:
-            return
-        time.sleep(0.5)
-    raise TimeoutError("Prometheus has not collected enough samples from the exporter")
+        evaluated = bool(rules) and all(
+            not r.get("lastEvaluation", "0001").startswith("0001") for r in rules)
+        return (float(got[0]["value"][1]) if got else 0.0), evaluated
+
+    wait_for(progress, until=lambda p: p[0] >= SAMPLES_NEEDED and p[1], timeout=timeout,
+             interval=0.5, what="samples of the exporter and rule evaluations")
 
 
 def _rules(url: str) -> list[dict[str, Any]]:
@@ -132,9 +114,11 @@ def _rules(url: str) -> list[dict[str, Any]]:
 
 
 def test_exporter_target_is_up(loop: Loop) -> None:
-    targets = httpx.get(loop.url + "/api/v1/targets", timeout=5).json()["data"]
-    active = targets["activeTargets"]
-    assert [t["health"] for t in active] == ["up"], active
+    def health() -> list[str]:
+        targets = httpx.get(loop.url + "/api/v1/targets", timeout=5).json()["data"]
+        return [t["health"] for t in targets["activeTargets"]]
+
+    wait_for(health, until=lambda h: h == ["up"], timeout=SETTLE_SECONDS, interval=0.5)
 
 
 @pytest.mark.parametrize(("name", "dashboard", "query"), VARIABLES,
@@ -155,12 +139,15 @@ def test_panel_query_returns_data(loop: Loop, name: str, dashboard: str, expr: s
     for values in loop.selections():
         query = render.substitute(expr, values, rate_interval=RATE_INTERVAL,
                                   interval="1s", range_="1m")
-        now = time.time()
-        if instant:
-            result = loop.prom.instant(query, at=now)
-        else:
-            result = loop.prom.range(query, now - 10, now, 1)
-        assert result, f"{dashboard} {name}: no data for {query!r} (variables {values})"
+
+        def result(query: str = query) -> list[dict[str, Any]]:
+            now = time.time()  # the panel as it would be drawn now: a fresh "now" each time
+            if instant:
+                return loop.prom.instant(query, at=now)
+            return loop.prom.range(query, now - 10, now, 1)
+
+        wait_for(result, timeout=SETTLE_SECONDS, interval=0.5,
+                 what=f"{dashboard} {name}: data for {query!r} (variables {values})")
 
 
 def test_every_rule_is_healthy(loop: Loop) -> None:
@@ -173,8 +160,8 @@ def test_every_rule_is_healthy(loop: Loop) -> None:
 
 
 def test_recording_rule_produces_ratios(loop: Loop) -> None:
-    got = loop.prom.instant(f'threads:quota_usage:ratio{{job="{JOB}"}}')
-    assert got
+    got = wait_for(lambda: loop.prom.instant(f'threads:quota_usage:ratio{{job="{JOB}"}}'),
+                   timeout=SETTLE_SECONDS, interval=0.5)
     for s in got:
         assert 0 <= float(s["value"][1]) <= 1.5, s
 
@@ -182,10 +169,13 @@ def test_recording_rule_produces_ratios(loop: Loop) -> None:
 def test_account_failing_alert_names_the_reason(loop: Loop) -> None:
     # The demo's "expired" account fails with token_invalid; the alert is pending
     # (for: 5m) within seconds of the first evaluation, and no healthy account is in it.
-    alerts = httpx.get(loop.url + "/api/v1/alerts", timeout=5).json()["data"]["alerts"]
-    failing = {(a["labels"]["account"], a["labels"]["reason"])
-               for a in alerts if a["labels"]["alertname"] == "ThreadsAccountFailing"}
-    assert failing == {("expired", "token_invalid")}, alerts
+    def failing() -> set[tuple[str, str]]:
+        alerts = httpx.get(loop.url + "/api/v1/alerts", timeout=5).json()["data"]["alerts"]
+        return {(a["labels"]["account"], a["labels"]["reason"])
+                for a in alerts if a["labels"]["alertname"] == "ThreadsAccountFailing"}
+
+    wait_for(failing, until=lambda f: f == {("expired", "token_invalid")},
+             timeout=SETTLE_SECONDS, interval=0.5)
 
 
 def test_render_script_draws_every_dashboard(loop: Loop, tmp_path: Path) -> None:

@@ -9,27 +9,19 @@ from __future__ import annotations
 import hmac
 import secrets
 import signal
-import time
+from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
 import httpx
 import yaml
 
-from graph_double import (
-    GraphDouble,
-    body,
-    graph_error,
-    hang,
-    healthy,
-    huge,
-    reset_mid_body,
-)
-from procs import exporter
+from fake_graph import FakeGraph, body, graph_error, hang, healthy, huge, reset_mid_body
+from procs import RunningExporter
 from threads_exporter.app import Exporter
 from threads_exporter.config import Account, ApiConfig, Config, ContainersConfig
 from threads_exporter.web import routes as server_module
-from threads_exporter.web.server import ExporterHTTPServer, serve_in_thread
+from waiting import wait_for
 
 RANDOM = secrets.token_hex(8)
 TOKENS = {name: f"SECRET-TOKEN-{name}-{RANDOM}" for name in (
@@ -42,11 +34,11 @@ def behaviours() -> dict:
     t = TOKENS
     return {
         t["healthy"]: healthy(1),
-        t["expired"]: graph_error(400, 190, "Session has expired", error_subcode=463),
+        t["expired"]: graph_error(400, 190, "Session has expired", subcode=463),
         # An upstream that quotes the token back in its error message.
         t["echoes"]: graph_error(400, 190, f"Invalid OAuth access token {t['echoes']}"),
         t["throttled"]: graph_error(400, 4, "(#4) Application request limit reached",
-                                    is_transient=True),
+                                    transient=True),
         t["no-delete"]: graph_error(500, 10, "(#10) no permission", deny="delete_quota_usage"),
         t["html"]: body(502, b"<html>Bad Gateway</html>", "text/html"),
         t["not-json"]: body(200, f"oops {t['not-json']}".encode(), "text/plain"),
@@ -67,51 +59,56 @@ def config_text(base_url: str, *, extra_account: str | None = None) -> str:
     })
 
 
-def test_tokens_appear_nowhere(tmp_path: Path) -> None:
+def test_tokens_appear_nowhere(tmp_path: Path, fake_graph: FakeGraph,
+                               run_exporter: Callable[..., RunningExporter]) -> None:
     seen: list[str] = []  # every response, status line, headers and body
 
     def record(r: httpx.Response) -> httpx.Response:
         seen.append(f"{r.status_code} {r.headers}\n{r.text}")
         return r
 
-    with GraphDouble(behaviours()) as double:
-        path = tmp_path / "config.yaml"
-        path.write_text(config_text(double.base_url))
-        with exporter("--config.file", str(path), "--log.level", "debug", cwd=tmp_path) \
-                as (proc, base), httpx.Client(base_url=base, timeout=20) as c:
-            api = {"Authorization": f"Bearer {API_TOKEN}"}
-            scrape = {"X-Prometheus-Scrape-Timeout-Seconds": "5"}
-            record(c.get("/metrics", headers=scrape))
-            record(c.get("/metrics", headers=scrape))  # cached, and backoff paths
-            for name in TOKENS:
-                record(c.get("/probe", params={"account": name}, headers=scrape))
-            for path_ in ("/", "/-/healthy", "/-/ready", f"/{TOKENS['healthy']}",
-                          f"/metrics?access_token={TOKENS['healthy']}"):
-                record(c.get(path_))
-            record(c.get("/probe", params={"account": TOKENS["healthy"]}))
-            record(c.post("/api/v1/containers", json={"account": "healthy", "id": "1"},
-                          headers=api))
-            record(c.post("/api/v1/containers",
-                          json={"account": TOKENS["healthy"], "id": "2"}, headers=api))
-            record(c.post("/api/v1/containers", json={"account": "healthy", "id": "2"},
-                          headers={"Authorization": f"Bearer {TOKENS['healthy']}"}))
-            record(c.get("/api/v1/containers", headers=api))
-            record(c.get("/api/v1/containers", params={"account": API_TOKEN}, headers=api))
-            # A bad config whose error would quote a token (user_id and token swapped).
-            good = path.read_text()
-            path.write_text(good.replace("name: healthy", f"name: healthy\n  user_id: "
-                                                          f"{TOKENS['healthy']}", 1))
-            reload_failed = record(c.post("/-/reload"))
-            assert reload_failed.status_code == 400
-            proc.popen.send_signal(signal.SIGHUP)
-            time.sleep(0.5)
-            path.write_text(config_text(double.base_url, extra_account="added"))
-            assert record(c.post("/-/reload")).status_code == 200
-            record(c.get("/metrics", headers=scrape))
-            proc.popen.send_signal(signal.SIGTERM)
-            assert proc.popen.wait(15) == 0
-            logs = proc.output()
-        metrics = seen[0]
+    def reload_failures() -> int:
+        return exporter.output().count("config reload failed")
+
+    fake_graph.tokens.update(behaviours())
+    path = tmp_path / "config.yaml"
+    path.write_text(config_text(fake_graph.base_url))
+    exporter = run_exporter("--config.file", str(path), "--log.level", "debug", cwd=tmp_path)
+    with httpx.Client(base_url=exporter.base, timeout=20) as c:
+        api = {"Authorization": f"Bearer {API_TOKEN}"}
+        scrape = {"X-Prometheus-Scrape-Timeout-Seconds": "5"}
+        record(c.get("/metrics", headers=scrape))
+        record(c.get("/metrics", headers=scrape))  # cached, and backoff paths
+        for name in TOKENS:
+            record(c.get("/probe", params={"account": name}, headers=scrape))
+        for path_ in ("/", "/-/healthy", "/-/ready", f"/{TOKENS['healthy']}",
+                      f"/metrics?access_token={TOKENS['healthy']}"):
+            record(c.get(path_))
+        record(c.get("/probe", params={"account": TOKENS["healthy"]}))
+        record(c.post("/api/v1/containers", json={"account": "healthy", "id": "1"},
+                      headers=api))
+        record(c.post("/api/v1/containers",
+                      json={"account": TOKENS["healthy"], "id": "2"}, headers=api))
+        record(c.post("/api/v1/containers", json={"account": "healthy", "id": "2"},
+                      headers={"Authorization": f"Bearer {TOKENS['healthy']}"}))
+        record(c.get("/api/v1/containers", headers=api))
+        record(c.get("/api/v1/containers", params={"account": API_TOKEN}, headers=api))
+        # A bad config whose error would quote a token (user_id and token swapped).
+        good = path.read_text()
+        path.write_text(good.replace("name: healthy", f"name: healthy\n  user_id: "
+                                                      f"{TOKENS['healthy']}", 1))
+        reload_failed = record(c.post("/-/reload"))
+        assert reload_failed.status_code == 400
+        # The same bad config by SIGHUP: logged once the signal is handled.
+        exporter.send_signal(signal.SIGHUP)
+        wait_for(reload_failures, until=lambda n: n == 2)
+        path.write_text(config_text(fake_graph.base_url, extra_account="added"))
+        assert record(c.post("/-/reload")).status_code == 200
+        record(c.get("/metrics", headers=scrape))
+        exporter.send_signal(signal.SIGTERM)
+        assert exporter.wait(15) == 0
+        logs = exporter.output()
+    metrics = seen[0]
 
     # The paths above really ran: failures were logged, at debug level too.
     assert "quota reading failed" in logs and "level=debug" in logs
@@ -123,15 +120,14 @@ def test_tokens_appear_nowhere(tmp_path: Path) -> None:
             assert secret not in text and RANDOM not in text, f"{where} leaks {secret}"
 
 
-def test_registration_token_is_compared_with_compare_digest(tmp_path: Path) -> None:
+def test_registration_token_is_compared_with_compare_digest(
+        tmp_path: Path, serve_exporter: Callable[..., tuple[Exporter, str]]) -> None:
     config = Config(api=ApiConfig(base_url="http://127.0.0.1:9"),
                     accounts=(Account("a", "me", "tok-a"),),
                     containers=ContainersConfig(api_token=API_TOKEN,
                                                 state_path=str(tmp_path / "s.db")))
-    app = Exporter(config)
-    http = ExporterHTTPServer(("127.0.0.1", 0), app, None)
-    serve_in_thread(http)
-    url = f"http://127.0.0.1:{http.server_address[1]}/api/v1/containers"
+    _, base = serve_exporter(config)
+    url = f"{base}/api/v1/containers"
     calls: list[tuple[object, object]] = []
     real = hmac.compare_digest
 
@@ -139,19 +135,14 @@ def test_registration_token_is_compared_with_compare_digest(tmp_path: Path) -> N
         calls.append((a, b))
         return real(a, b)
 
-    try:
-        with mock.patch.object(server_module.hmac, "compare_digest", spy):
-            ok = httpx.get(url, headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=10)
-            wrong = httpx.get(url, headers={"Authorization": "Bearer nope"}, timeout=10)
-        assert (ok.status_code, wrong.status_code) == (200, 401)
-        assert (API_TOKEN.encode(), API_TOKEN.encode()) in calls
-        assert len(calls) == 2
-        # Its verdict alone decides: no other comparison lets the right token in.
-        with mock.patch.object(server_module.hmac, "compare_digest", lambda a, b: False):
-            refused = httpx.get(url, headers={"Authorization": f"Bearer {API_TOKEN}"},
-                                timeout=10)
-        assert refused.status_code == 401
-    finally:
-        http.shutdown()
-        http.server_close()
-        app.close()
+    with mock.patch.object(server_module.hmac, "compare_digest", spy):
+        ok = httpx.get(url, headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=10)
+        wrong = httpx.get(url, headers={"Authorization": "Bearer nope"}, timeout=10)
+    assert (ok.status_code, wrong.status_code) == (200, 401)
+    assert (API_TOKEN.encode(), API_TOKEN.encode()) in calls
+    assert len(calls) == 2
+    # Its verdict alone decides: no other comparison lets the right token in.
+    with mock.patch.object(server_module.hmac, "compare_digest", lambda a, b: False):
+        refused = httpx.get(url, headers={"Authorization": f"Bearer {API_TOKEN}"},
+                            timeout=10)
+    assert refused.status_code == 401

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 import pytest
 import yaml
 
-from procs import exporter
+from procs import RunningExporter
 from threads_exporter.config import (
     Account,
     Config,
@@ -55,7 +57,8 @@ def test_bad_shard_is_refused(value):
         parse_shard(value)
 
 
-def test_each_shard_serves_its_accounts_and_redirects_registration(tmp_path):
+def test_each_shard_serves_its_accounts_and_redirects_registration(
+        tmp_path, run_exporter: Callable[..., RunningExporter]):
     names = ["brand", "agency"]  # owners 0 and 1 of 2
     assert [Shard(0, 2).owner(n) for n in names] == [0, 1]
     path = tmp_path / "config.yaml"
@@ -65,14 +68,14 @@ def test_each_shard_serves_its_accounts_and_redirects_registration(tmp_path):
         "containers": {"api_token": "reg-token", "state_path": str(tmp_path / "s0.db")},
     }))
     auth = {"Authorization": "Bearer reg-token"}
-    with exporter("--config.file", str(path), "--shard", "0/2", cwd=tmp_path) as (_, base):
-        text = httpx.get(base + "/metrics", timeout=10).text
-        assert 'threads_up{account="brand"}' in text
-        assert 'account="agency"' not in text
-        r = httpx.post(base + "/api/v1/containers", headers=auth,
-                       json={"account": "agency", "id": "17889615691921648"})
-        assert r.status_code == 421
-        assert "belongs to shard 1/2" in r.json()["error"]
-        probe = httpx.get(base + "/probe", params={"account": "agency"})
-        assert probe.status_code == 400 and "belongs to shard 1/2" in probe.text
-        assert "of shard 0/2" in httpx.get(base + "/").text
+    shard = run_exporter("--config.file", str(path), "--shard", "0/2")
+    text = httpx.get(shard.url(), timeout=10).text
+    assert 'threads_up{account="brand"}' in text
+    assert 'account="agency"' not in text
+    r = httpx.post(shard.url("/api/v1/containers"), headers=auth,
+                   json={"account": "agency", "id": "17889615691921648"})
+    assert r.status_code == 421
+    assert "belongs to shard 1/2" in r.json()["error"]
+    probe = httpx.get(shard.url("/probe"), params={"account": "agency"})
+    assert probe.status_code == 400 and "belongs to shard 1/2" in probe.text
+    assert "of shard 0/2" in httpx.get(shard.url("/")).text

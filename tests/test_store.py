@@ -3,30 +3,22 @@ and a real exporter killed with SIGKILL and restarted."""
 
 from __future__ import annotations
 
-import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from container_double import (
-    API_TOKEN,
-    ContainerDouble,
-    answer,
-    container_series,
-    samples,
-    value,
-    write_config,
-)
-from procs import Proc, exporter, exporter_cmd, free_port
+from exposition import Samples, value
+from fake_graph import FakeGraph, container, healthy
+from procs import BRAND_TOKEN, REGISTRATION, Proc, RunningExporter, exporter_cmd, free_port
 from threads_exporter.app import Exporter
 from threads_exporter.config import parse_config
 from threads_exporter.containers.store import Change, Store, StoreError, StoreLocked
-
-AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+from waiting import eventually, wait_for
 
 
 @pytest.fixture
@@ -110,21 +102,24 @@ def test_unusable_location_is_a_clear_error(tmp_path: Path) -> None:
     assert "missing-dir" in str(e.value)
 
 
-def quota_upstream(request: httpx.Request) -> httpx.Response:
-    if request.url.path.endswith("/threads_publishing_limit"):
-        return httpx.Response(200, json={"data": [{"quota_usage": 3, "config": {
-            "quota_total": 250, "quota_duration": 86400}}]})
-    return httpx.Response(200, json={"status": "IN_PROGRESS", "id": "1"})
+@pytest.fixture
+def upstream(fake_graph: FakeGraph) -> FakeGraph:
+    """Quota readings for the in-process exporters below; their containers in progress."""
+    fake_graph.token("upstream-token-full", healthy(2)).token("upstream-token-ro", healthy(2))
+    for cid in ["1", "2", *(str(10**20 + i) for i in range(2000))]:
+        fake_graph.container(cid, container("IN_PROGRESS"))
+    return fake_graph
 
 
 @pytest.mark.parametrize("fault", ["full", "read-only"])
-def test_full_or_read_only_disk_keeps_quota_metrics(tmp_path: Path, fault: str) -> None:
+def test_full_or_read_only_disk_keeps_quota_metrics(tmp_path: Path, upstream: FakeGraph,
+                                                    fault: str) -> None:
     config = parse_config({
         "accounts": [{"name": "brand", "access_token": "upstream-token-full", "quotas": ["posts"]}],
         "containers": {"state_path": str(tmp_path / "state.db"), "api_token": "t0ken-full",
                        "track": [{"account": "brand", "id": "1"}]},
     }, env={})
-    exp = Exporter(config, transport=httpx.MockTransport(quota_upstream))
+    exp = Exporter(config, transport=upstream.transport())
     try:
         found = {f.name: f for f in exp.scrape(time.monotonic() + 2.5)}
         assert found["threads_exporter_container_store_up"].samples[0].value == 1
@@ -154,13 +149,14 @@ def test_full_or_read_only_disk_keeps_quota_metrics(tmp_path: Path, fault: str) 
         exp.close()
 
 
-def test_unusable_state_file_at_start_keeps_serving(tmp_path: Path) -> None:
+def test_unusable_state_file_at_start_keeps_serving(tmp_path: Path,
+                                                   upstream: FakeGraph) -> None:
     bad = tmp_path / "no-such-dir" / "state.db"
     config = parse_config({
         "accounts": [{"name": "brand", "access_token": "upstream-token-ro", "quotas": ["posts"]}],
         "containers": {"state_path": str(bad), "api_token": "t0ken-ro"},
     }, env={})
-    exp = Exporter(config, transport=httpx.MockTransport(quota_upstream))
+    exp = Exporter(config, transport=upstream.transport())
     try:
         found = {f.name: f for f in exp.scrape(time.monotonic() + 2.5)}
         assert found["threads_up"].samples[0].value == 1
@@ -174,94 +170,109 @@ def test_unusable_state_file_at_start_keeps_serving(tmp_path: Path) -> None:
 # --- real processes ----------------------------------------------------------------------
 
 
-def scrape(base: str) -> dict:
-    r = httpx.get(f"{base}/metrics", headers={"X-Prometheus-Scrape-Timeout-Seconds": "3"},
-                  timeout=10)
-    assert r.status_code == 200
-    return samples(r.text)
+def listing(exporter: RunningExporter) -> dict:
+    r = httpx.get(exporter.url("/api/v1/containers"), headers=REGISTRATION, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
 
 
-def test_two_exporters_on_one_state_file(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "c.yaml", "http://127.0.0.1:9", tmp_path / "state.db")
-    with exporter("--config.file", str(config)):
-        second = Proc(exporter_cmd("--web.listen-address", f"127.0.0.1:{free_port()}",
-                                   "--config.file", str(config)))
-        assert second.popen.wait(20) == 1
-        out = second.output()
-        second.stop()
-        assert str(tmp_path / "state.db") in out and "another threads-exporter" in out
+def container_series(found: Samples) -> Samples:
+    """The container counters and gauges that must survive a restart."""
+    return {k: v for k, v in found.items()
+            if k[0].startswith(("threads_container", "threads_exporter_container"))
+            and k[0] != "threads_containers_poll_backlog"}
 
 
-def test_kill_9_and_restart_lose_nothing(tmp_path: Path) -> None:
+def test_two_exporters_on_one_state_file(tmp_path: Path, container_config: Callable[..., Path],
+                                         run_exporter: Callable[..., RunningExporter]) -> None:
+    config = container_config("http://127.0.0.1:9")
+    run_exporter("--config.file", str(config))
+    second = Proc(exporter_cmd("--web.listen-address", f"127.0.0.1:{free_port()}",
+                               "--config.file", str(config)), cwd=tmp_path)
+    assert second.popen.wait(20) == 1
+    out = second.output()
+    second.stop()
+    assert str(tmp_path / "state.db") in out and "another threads-exporter" in out
+
+
+def test_kill_9_and_restart_lose_nothing(fake_graph: FakeGraph,
+                                         container_config: Callable[..., Path],
+                                         run_exporter: Callable[..., RunningExporter]) -> None:
     scripts = {
-        "101": [answer("IN_PROGRESS"), answer("FINISHED"), answer("PUBLISHED")],
-        "102": [answer("IN_PROGRESS"), answer("ERROR", "INVALID_DURATION")],
-        "103": [answer("ERROR", "SOMETHING_NEW")],
-        "104": [answer("IN_PROGRESS")],
+        "101": [container("IN_PROGRESS"), container("FINISHED"), container("PUBLISHED")],
+        "102": [container("IN_PROGRESS"), container("ERROR", "INVALID_DURATION")],
+        "103": [container("ERROR", "SOMETHING_NEW")],
+        "104": [container("IN_PROGRESS")],
     }
+    fake_graph.token(BRAND_TOKEN, healthy(6))
+    for cid, answers in scripts.items():
+        fake_graph.container(cid, *answers)
     # 104 stays IN_PROGRESS; a long pace keeps it from being polled again after the restart.
-    with ContainerDouble(scripts) as double:
-        config = write_config(tmp_path / "c.yaml", double.base_url, tmp_path / "state.db",
-                              poll_interval_seconds=1, stuck_poll_interval_seconds=3600,
-                              stuck_after_seconds=1)
-        with exporter("--config.file", str(config)) as (proc, base):
-            for cid in scripts:
-                r = httpx.post(f"{base}/api/v1/containers", headers=AUTH,
-                               json={"account": "brand", "id": cid})
-                assert r.status_code == 201
-            end = time.monotonic() + 15
-            while time.monotonic() < end:
-                before = scrape(base)
-                if value(before, "threads_containers", account="brand",
-                         status="PUBLISHED") == 1 and double.served.get("104", 0) >= 2:
-                    break
-                time.sleep(0.3)
-            assert value(before, "threads_container_errors_total", account="brand",
-                         error_message="INVALID_DURATION") == 1
-            assert value(before, "threads_container_errors_total", account="brand",
-                         error_message="OTHER") == 1
-            listing = httpx.get(f"{base}/api/v1/containers", headers=AUTH).json()
-            proc.popen.send_signal(signal.SIGKILL)
-            proc.popen.wait(10)
-        served = dict(double.served)
-        with exporter("--config.file", str(config)) as (_, base):
-            assert httpx.get(f"{base}/api/v1/containers", headers=AUTH).json() == listing
-            after = scrape(base)
-            assert container_series(after) == container_series(before)
-            assert len(container_series(after)) == 38  # every container series, zeros too
-            assert httpx.get(f"{base}/api/v1/containers", headers=AUTH).json() == listing
-        assert double.served == served  # nothing final or stuck was asked again
+    config = container_config(fake_graph.base_url, poll_interval_seconds=1,
+                              stuck_poll_interval_seconds=3600, stuck_after_seconds=1)
+    exporter = run_exporter("--config.file", str(config))
+    for cid in scripts:
+        r = httpx.post(exporter.url("/api/v1/containers"), headers=REGISTRATION, timeout=10,
+                       json={"account": "brand", "id": cid})
+        assert r.status_code == 201
+
+    def played_out() -> None:
+        """Scraped until every script is at its end and the exporter has committed the
+        stuck one's second poll: nothing is due any more."""
+        found = exporter.metrics(timeout_header=3)
+        assert value(found, "threads_containers", account="brand", status="PUBLISHED") == 1
+        assert value(found, "threads_container_errors_total", account="brand",
+                     error_message="INVALID_DURATION") == 1
+        assert value(found, "threads_container_errors_total", account="brand",
+                     error_message="OTHER") == 1
+        assert {c["id"]: c["polls"] for c in listing(exporter)["containers"]}["104"] >= 2
+
+    eventually(played_out, timeout=30, interval=0.3)
+    before = exporter.metrics(timeout_header=3)
+    listed = listing(exporter)
+    exporter.kill()
+    served = fake_graph.served()
+
+    restarted = run_exporter("--config.file", str(config))
+    assert listing(restarted) == listed
+    after = restarted.metrics(timeout_header=3)
+    assert container_series(after) == container_series(before)
+    assert len(container_series(after)) == 38  # every container series, zeros too
+    assert listing(restarted) == listed
+    restarted.stop()
+    assert fake_graph.served() == served  # nothing final or stuck was asked again
 
 
-def test_registration_under_load_survives_kill_9(tmp_path: Path) -> None:
+def test_registration_under_load_survives_kill_9(
+        container_config: Callable[..., Path],
+        run_exporter: Callable[..., RunningExporter]) -> None:
     """Every 201 the API answered is in the state after a SIGKILL mid-stream."""
-    config = write_config(tmp_path / "c.yaml", "http://127.0.0.1:9", tmp_path / "state.db")
+    config = container_config("http://127.0.0.1:9")
     acknowledged: list[str] = []
-    with exporter("--config.file", str(config)) as (proc, base):
-        stop = threading.Event()
+    exporter = run_exporter("--config.file", str(config))
+    stop = threading.Event()
 
-        def register() -> None:
-            with httpx.Client(timeout=5) as http:
-                for i in range(10_000):
-                    if stop.is_set():
-                        return
-                    try:
-                        r = http.post(f"{base}/api/v1/containers", headers=AUTH,
-                                      json={"account": "brand", "id": str(1000 + i)})
-                    except httpx.HTTPError:
-                        return
-                    if r.status_code == 201:
-                        acknowledged.append(str(1000 + i))
+    def register() -> None:
+        with httpx.Client(timeout=5) as http:
+            for i in range(10_000):
+                if stop.is_set():
+                    return
+                try:
+                    r = http.post(exporter.url("/api/v1/containers"), headers=REGISTRATION,
+                                  json={"account": "brand", "id": str(1000 + i)})
+                except httpx.HTTPError:
+                    return
+                if r.status_code == 201:
+                    acknowledged.append(str(1000 + i))
 
-        t = threading.Thread(target=register)
-        t.start()
-        time.sleep(1.0)
-        proc.popen.send_signal(signal.SIGKILL)
-        proc.popen.wait(10)
-        stop.set()
-        t.join(10)
+    t = threading.Thread(target=register)
+    t.start()
+    wait_for(lambda: len(acknowledged), until=lambda n: n > 10, timeout=30)
+    assert t.is_alive()  # the kill lands mid-stream
+    exporter.kill()
+    stop.set()
+    t.join(10)
     assert len(acknowledged) > 10
-    with exporter("--config.file", str(config)) as (_, base):
-        listed = {c["id"] for c in
-                  httpx.get(f"{base}/api/v1/containers", headers=AUTH).json()["containers"]}
+    restarted = run_exporter("--config.file", str(config))
+    listed = {c["id"] for c in listing(restarted)["containers"]}
     assert set(acknowledged) <= listed
