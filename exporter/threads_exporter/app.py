@@ -57,7 +57,6 @@ class Exporter:
         self.reload_ok = True
         self.reloaded_at = time.time()
         self._render_reserve = 0.0  # seconds the last expositions took to build and encode
-        self._reload_lock = threading.Lock()
         REDACT.set_secrets(config.secrets())
         # First, so a state file locked by another exporter fails start-up before anything runs.
         store, store_error = (open_store(config.containers.state_path)
@@ -77,6 +76,7 @@ class Exporter:
         self.quotas = QuotaReader(self.client, config)
         self.tracker = ContainerTracker(self.client, config, store, store_error)
         self.call(self.tracker.track(config.containers.track))
+        self._reload_lock = asyncio.Lock()  # bound to the loop that first uses it
 
     async def _make_client(self, config: Config,
                            transport: httpx.AsyncBaseTransport | None) -> ThreadsClient:
@@ -96,11 +96,20 @@ class Exporter:
 
     def exposition(self, deadline: float, account: str | None,
                    encode: Callable[[list[Metric]], T]) -> T:
-        """A scrape, encoded. The time encoding took is kept in reserve from later scrapes'
-        deadlines, so a large exposition still reaches Prometheus before its timeout."""
-        snapshot = self._wait(deadline - self._render_reserve, account)
+        return self.call(self.exposition_async(deadline, account, encode),
+                         timeout=max(0.0, deadline - time.monotonic()) + 10)
+
+    async def exposition_async(self, deadline: float, account: str | None,
+                               encode: Callable[[list[Metric]], T]) -> T:
+        """A scrape, encoded. Building and encoding the families is CPU work and runs off
+        the loop, so API calls in flight never stall behind it; the time it took is kept in
+        reserve from later scrapes' deadlines, so a large exposition still arrives in time."""
+        snapshot = await self._snapshot(max(deadline - self._render_reserve,
+                                            time.monotonic() + 0.05),
+                                        None if account is None else [account])
         start = time.monotonic()
-        encoded = encode(self._families(snapshot, account))
+        encoded = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: encode(self._families(snapshot, account)))
         # A decaying maximum: one slow render is remembered for a while, not for ever.
         self._render_reserve = max(time.monotonic() - start, self._render_reserve * 0.8)
         return encoded
@@ -139,30 +148,42 @@ class Exporter:
 
     # --- containers (from HTTP handler threads and the demo) ---
 
-    def register(self, account: str, container_id: str) -> tuple[bool, dict[str, Any]]:
+    async def register_async(self, account: str, container_id: str,
+                             ) -> tuple[bool, dict[str, Any]]:
         """Track a container: (new?, its listing entry); committed to disk on return.
         Raises UnknownAccount, ValueError for a bad id, StoreError for an unusable disk."""
-        return self.call(self.tracker.register(account, container_id), timeout=30)
+        return await self.tracker.register(account, container_id)
+
+    async def containers_async(self, account: str | None = None) -> list[dict[str, Any]]:
+        return await self.tracker.listing(account)
+
+    def register(self, account: str, container_id: str) -> tuple[bool, dict[str, Any]]:
+        return self.call(self.register_async(account, container_id), timeout=30)
 
     def containers(self, account: str | None = None) -> list[dict[str, Any]]:
-        return self.call(self.tracker.listing(account), timeout=30)
+        return self.call(self.containers_async(account), timeout=30)
 
     # --- config ---
 
     def reload(self) -> str | None:
         """Re-read the config file; returns the error, or None. A bad config is not adopted."""
+        return self.call(self.reload_async(), timeout=60)
+
+    async def reload_async(self) -> str | None:
         if self.config_path is None:
             return "no config file to reload (demo mode)"
-        with self._reload_lock:
+        path = self.config_path
+        async with self._reload_lock:  # reloads one after the other: the newest file wins
             try:
-                config = load_config(self.config_path).for_shard(self.config.shard)
+                config = (await asyncio.get_running_loop().run_in_executor(
+                    None, load_config, path)).for_shard(self.config.shard)
             except ConfigError as e:
                 self.reload_ok = False
                 log.error("config reload failed; keeping the running config",
                           extra={"error": str(e)})
                 return str(e)
             REDACT.add_secrets(config.secrets())
-            self.call(self._adopt(config))
+            await self._adopt(config)
             self.config = config
             self.reload_ok = True
             self.reloaded_at = time.time()

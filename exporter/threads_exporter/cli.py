@@ -17,11 +17,7 @@ from threads_exporter.app import Exporter
 from threads_exporter.config import ConfigError, load_config, parse_shard
 from threads_exporter.containers.store import StoreLocked
 from threads_exporter.logs import LEVELS, setup_logging
-from threads_exporter.web.server import (
-    ExporterHTTPServer,
-    parse_listen_address,
-    serve_in_thread,
-)
+from threads_exporter.web.server import ExporterHTTPServer, parse_listen_address
 
 if TYPE_CHECKING:
     from threads_exporter.demo.server import SimulatorServer
@@ -53,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="path under which to expose metrics (default: %(default)s)")
     p.add_argument("--web.config.file", dest="web_config", default=None,
                    help="exporter-toolkit web config file for TLS and basic auth")
+    p.add_argument("--web.enable-lifecycle", dest="enable_lifecycle", action="store_true",
+                   help="enable config reload over HTTP (POST /-/reload), as Prometheus does; "
+                        "SIGHUP always reloads")
     p.add_argument("--scrape.timeout-offset", dest="timeout_offset", type=float, default=0.5,
                    help="seconds kept in reserve from Prometheus' scrape timeout "
                         "(default: %(default)s)")
@@ -69,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Taken with sigwait() by the main thread alone: blocked before any thread starts (threads
+# inherit the mask), so no signal is lost to a busy thread or run in a handler at a bad time.
+SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.telemetry_path.startswith("/") or args.telemetry_path in ("/", "/probe"):
@@ -76,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(args.log_level, args.log_format)
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     # A full garbage collection walks every live object (container rows, readings, metric
     # families), and polling's churn triggered them often: ~10% of the event loop's CPU.
     # Most garbage here is freed by reference counting: full collections at most 1/100 as often.
@@ -132,17 +137,13 @@ def run(args: argparse.Namespace, simulator: SimulatorServer | None,
         return EXIT_CONFIG
     try:
         server = ExporterHTTPServer(address, exporter, web, args.telemetry_path,
-                                    timeout_offset=args.timeout_offset)
+                                    timeout_offset=args.timeout_offset,
+                                    enable_lifecycle=args.enable_lifecycle)
     except OSError as e:
         log.error("cannot listen", extra={"address": args.listen, "error": e.strerror})
         exporter.close()
         return EXIT_BIND
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=exporter.reload).start())
-    serve_in_thread(server)
     host, port = str(server.server_address[0]), server.server_address[1]
     scheme = "https" if web is not None and web.ssl_context is not None else "http"
     log.info("listening", extra={"address": f"{scheme}://{host}:{port}",
@@ -158,11 +159,43 @@ def run(args: argparse.Namespace, simulator: SimulatorServer | None,
               f"Container API: {scheme}://{shown}:{port}/api/v1/containers with "
               f"'Authorization: Bearer {DEMO_API_TOKEN}'.", file=sys.stderr, flush=True)
         publisher = DemoPublisher(simulator.base_url, exporter.register).start()
-    stop.wait()
-    log.info("shutting down")
+    reloader = Reloader(exporter)
+    while (received := signal.sigwait(SIGNALS)) == signal.SIGHUP:
+        reloader.request()
+    log.info("shutting down", extra={"signal": signal.Signals(received).name})
     if publisher is not None:
         publisher.stop()
     server.shutdown()
-    server.server_close()
     exporter.close()
     return 0
+
+
+class Reloader:
+    """SIGHUP: reload in the background; SIGHUPs during a reload coalesce into one more, so
+    the newest config is always applied, and SIGTERM never waits for a reload."""
+
+    def __init__(self, exporter: Exporter):
+        self.exporter = exporter
+        self._lock = threading.Lock()
+        self._pending = False
+        self._running = False
+
+    def request(self) -> None:
+        with self._lock:
+            self._pending = True
+            if self._running:
+                return
+            self._running = True
+        threading.Thread(target=self._run, name="reload", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._running = False
+                    return
+                self._pending = False
+            try:
+                self.exporter.reload()
+            except Exception:  # a reload must never take the signal loop down
+                log.exception("config reload crashed")

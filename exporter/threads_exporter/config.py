@@ -131,8 +131,8 @@ class Config:
         owner = self.elsewhere.get(account)
         if owner is None or self.shard is None:
             return None
-        return (f"account {account!r} belongs to shard {owner}/{self.shard.total}; this is "
-                f"shard {self.shard}")
+        return (f"that account belongs to shard {owner}/{self.shard.total}; this is shard "
+                f"{self.shard}")
 
     def secrets(self) -> list[str]:
         """Every secret string in this config, for redaction."""

@@ -1,177 +1,263 @@
-"""The HTTP server: connections, TLS, basic auth, request plumbing; routes are in routes.py.
+"""The HTTP server: aiohttp on the exporter's event loop, every resource a client can hold
+bounded (connections, header bytes, the time to send a request, bodies); routes in routes.py.
 
-A threading server: a slow or stalled client holds only its own thread. Responses never
-contain a token; the landing page names accounts only, HTML-escaped.
+aiohttp's low-level server does the protocol (its C parser rejects duplicate Content-Length
+and smuggled bodies, and an unread body is drained or the connection closed); this module
+adds what Go's net/http gives an exporter-toolkit exporter: a cap on connections, a deadline
+for a request to arrive (slowloris), 431 for oversized headers, TLS handshakes with a
+deadline, basic auth, and error answers that never echo a request.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import socket
-import ssl
 import threading
-from concurrent.futures import CancelledError
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
 
 from threads_exporter import __version__
 from threads_exporter.app import Exporter
-from threads_exporter.redact import REDACT
-from threads_exporter.web.routes import CONTAINERS_PATH, Route, route_table
+from threads_exporter.web.routes import (
+    CONTAINERS_PATH,
+    Request,
+    plain,
+    route_table,
+)
 
 if TYPE_CHECKING:
     from threads_exporter.web.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 64 * 1024
-REQUEST_READ_TIMEOUT = 30.0  # a client that stalls mid-request is dropped after this
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may hold. Go's exporter-toolkit servers answer 431 past 1 MB of
+    headers; here a request head is at most max_headers lines of max_line bytes (~512 KiB)."""
+
+    max_connections: int = 1024
+    max_line: int = 8190  # bytes in one header line, and in the request line
+    max_headers: int = 64
+    request_timeout: float = 10.0  # a request head must arrive within this of its first byte
+    body_timeout: float = 10.0  # and its body within this
+    idle_timeout: float = 75.0  # keep-alive: an idle connection is closed after this
+    max_body: int = 256 * 1024
+    shutdown_timeout: float = 1.0
 
 
-class Handler(BaseHTTPRequestHandler):
-    server: ExporterHTTPServer
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in two writes: with Nagle on, a keep-alive scraper's delayed
-    # ACK would add ~40 ms to every scrape after the first few.
-    disable_nagle_algorithm = True
-    timeout = REQUEST_READ_TIMEOUT
-    server_version = f"threads-exporter/{__version__}"
-    sys_version = ""
+class _Protocol(RequestHandler):
+    """aiohttp's request handler, plus the connection cap, the request deadline and error
+    answers that do not quote the request."""
 
-    # --- plumbing ---
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http request", extra={"client": self.client_address[0],
-                                         "request": REDACT(format % args)})
-
-    def send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
-             headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        extra = self.server.web.headers if self.server.web else {}
-        for name, value in {**extra, **(headers or {})}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def send_text(self, status: int, text: str) -> None:
-        # Redacted like log lines: error texts may quote a config or a request.
-        self.send(status, (REDACT(text).rstrip("\n") + "\n").encode())
-
-    def send_json(self, status: int, payload: Any) -> None:
-        # Markup characters escaped as Go's encoding/json does, so echoed input stays inert.
-        text = json.dumps(payload, indent=1).replace("<", "\\u003c").replace(">", "\\u003e")
-        self.send(status, REDACT(text).encode() + b"\n", "application/json")
-
-    def read_body(self) -> bytes | None:
-        """The request body, or None after answering 400/413 when it is unusable."""
-        length = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            self.send_text(HTTPStatus.BAD_REQUEST, "chunked request bodies are not supported")
-            return None
-        try:
-            n = int(length or 0)
-        except ValueError:
-            n = -1
-        if n < 0:
-            self.close_connection = True
-            self.send_text(HTTPStatus.BAD_REQUEST, "bad Content-Length")
-            return None
-        if n > MAX_BODY_BYTES:
-            self.close_connection = True
-            self.send_text(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                           f"request body larger than {MAX_BODY_BYTES} bytes")
-            return None
-        return self.rfile.read(n)
+    _counted = False
+    _deadline: asyncio.TimerHandle | None = None
+    _busy = False
 
     @property
-    def path_only(self) -> str:
-        return urlsplit(self.path).path
+    def _guard(self) -> _Server:
+        manager = self._manager
+        assert isinstance(manager, _Server)
+        return manager
 
-    @property
-    def query(self) -> dict[str, list[str]]:
-        return parse_qs(urlsplit(self.path).query)
-
-    def dispatch(self) -> None:
-        web = self.server.web
-        authorization = self.headers.get("Authorization")
-        # The registration API has its own bearer token, checked by its routes; one
-        # Authorization header cannot carry both that and basic-auth credentials.
-        own_auth = (self.path_only == CONTAINERS_PATH
-                    and (authorization or "").lower().startswith("bearer "))
-        if web is not None and not own_auth and not web.authorized(authorization):
-            self.send(HTTPStatus.UNAUTHORIZED, b"Unauthorized\n",
-                      headers={"WWW-Authenticate": 'Basic realm="threads-exporter"'})
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        guard = self._guard
+        if guard.active >= guard.limits.max_connections:
+            # Over the cap: answered at once and closed, never queued behind the others.
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.write(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
+                                b"Retry-After: 1\r\nContent-Length: 0\r\n\r\n")
+            transport.close()
+            guard.refused += 1
             return
-        routes = self.server.routes.get(self.path_only)
-        if routes is None:
-            self.send_text(HTTPStatus.NOT_FOUND, "not found")
+        guard.active += 1
+        self._counted = True
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self._counted:
             return
-        route = routes.get("GET" if self.command == "HEAD" else self.command)
-        if route is None:
-            self.send(HTTPStatus.METHOD_NOT_ALLOWED, b"method not allowed\n",
-                      headers={"Allow": ", ".join(sorted(routes))})
+        self._counted = False
+        self._guard.active -= 1
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._counted:
             return
-        try:
-            route(self)
-        except CancelledError:  # shutting down: the exporter cancelled in-flight work
-            self.send_text(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down")
-        except Exception:
-            log.exception("request failed", extra={"path": self.path_only})
-            self.send_text(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
+        if self._deadline is None and not self._busy:
+            self._arm()  # the first byte of a new request starts its clock
+        super().data_received(data)
 
-    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = dispatch
+    def eof_received(self) -> None:
+        if self._counted:
+            super().eof_received()
+
+    def request_started(self) -> None:
+        self._busy = True
+        self._disarm()
+
+    def request_done(self) -> None:
+        self._busy = False
+
+    def _arm(self) -> None:
+        self._disarm()
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(self._guard.limits.request_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if not self._busy and self.transport is not None:
+            log.debug("client too slow to send its request; closed", extra={
+                "client": _peer(self.transport)})
+            self.transport.close()
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        # aiohttp's own answer quotes the offending bytes (a header line may hold a
+        # credential), and logs them with a traceback: answer and log the kind only.
+        if isinstance(exc, LineTooLong) or (isinstance(exc, BadHttpMessage)
+                                            and "header" in str(exc).lower()):
+            status = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+        log.debug("bad request", extra={"client": _peer(self.transport), "status": status,
+                                        "error": type(exc).__name__ if exc else None})
+        response = plain(status, HTTPStatus(status).phrase)
+        response.force_close()
+        return response
 
 
-# --- server --------------------------------------------------------------------------------
+class _Server(web.Server):
+    """The protocol factory: one _Protocol per connection, counted."""
+
+    def __init__(self, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+                 limits: Limits) -> None:
+        super().__init__(handler, handler_cancellation=True, access_log=None,
+                         max_line_size=limits.max_line, max_field_size=limits.max_line,
+                         max_headers=limits.max_headers, keepalive_timeout=limits.idle_timeout,
+                         lingering_time=1.0)
+        self.limits = limits
+        self.active = 0
+        self.refused = 0
+
+    def __call__(self) -> RequestHandler:
+        return _Protocol(self, loop=self._loop, **self._kwargs)
 
 
-class ExporterHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
+def _peer(transport: asyncio.BaseTransport | None) -> str | None:
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return str(peer[0]) if peer else None
 
-    def __init__(self, address: tuple[str, int], exporter: Exporter, web: WebConfig | None,
-                 telemetry_path: str = "/metrics", *, timeout_offset: float = 0.5):
+
+class HttpServer:
+    """The exporter's HTTP front on its event loop: start() binds, stop() closes."""
+
+    def __init__(self, exporter: Exporter, web_config: WebConfig | None,
+                 telemetry_path: str = "/metrics", *, timeout_offset: float = 0.5,
+                 enable_lifecycle: bool = False, limits: Limits = Limits()):
         self.exporter = exporter
-        self.web = web
+        self.web = web_config
         self.telemetry_path = telemetry_path
         self.timeout_offset = timeout_offset
-        self.routes: dict[str, dict[str, Route]] = route_table(telemetry_path)
-        host = address[0]
-        self._dual_stack = host == "" and socket.has_dualstack_ipv6()
-        if self._dual_stack:
-            address = ("::", address[1])
-        elif host == "":
-            address = ("0.0.0.0", address[1])
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, Handler)
+        self.enable_lifecycle = enable_lifecycle
+        self.limits = limits
+        self.routes = route_table(telemetry_path)
+        self._server: _Server | None = None  # made on the loop, in start()
+        self._listener: asyncio.Server | None = None
+        self.address: tuple[str, int] = ("", 0)
 
-    def server_bind(self) -> None:
-        # `:port` means every interface, IPv4 and IPv6 alike, as Go's net.Listen has it.
-        if self._dual_stack:
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
+    async def start(self, host: str, port: int) -> None:
+        """Listen; `host` "" means every interface, IPv4 and IPv6 (dual-stack where the host
+        has IPv6, as Go's net.Listen has it). Raises OSError when the address is taken."""
+        ssl_context = self.web.ssl_context if self.web is not None else None
+        sock = _bind(host, port)
+        self._server = _Server(self._handle, self.limits)
+        self._listener = await asyncio.get_running_loop().create_server(
+            self._server, sock=sock, ssl=ssl_context, backlog=512,
+            ssl_handshake_timeout=self.limits.request_timeout if ssl_context else None)
+        bound = sock.getsockname()
+        self.address = (str(bound[0]), int(bound[1]))
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        # The TLS handshake runs in the connection's own thread, so a client that never
-        # finishes it cannot stall the accept loop.
-        if self.web is not None and self.web.ssl_context is not None:
-            request.settimeout(REQUEST_READ_TIMEOUT)
-            try:
-                request = self.web.ssl_context.wrap_socket(request, server_side=True)
-            except (ssl.SSLError, OSError) as e:
-                log.debug("TLS handshake failed", extra={"client": client_address[0],
-                                                         "error": type(e).__name__})
-                return
-        super().finish_request(request, client_address)
+    async def stop(self) -> None:
+        """Stop accepting, give requests in flight shutdown_timeout to finish, close."""
+        if self._listener is not None and self._server is not None:
+            self._listener.close()
+            await self._server.shutdown(self.limits.shutdown_timeout)
+            await self._listener.wait_closed()
+            self._listener = None
+
+    async def _handle(self, raw: web.BaseRequest) -> web.StreamResponse:
+        protocol = raw.protocol
+        if isinstance(protocol, _Protocol):
+            protocol.request_started()
+        try:
+            response = await self._dispatch(Request(raw, self))
+        finally:
+            if isinstance(protocol, _Protocol):
+                protocol.request_done()
+        headers = self.web.headers if self.web is not None else {}
+        for name, value in headers.items():
+            response.headers.setdefault(name, value)
+        response.headers["Server"] = f"threads-exporter/{__version__}"
+        return response
+
+    async def _dispatch(self, request: Request) -> web.StreamResponse:
+        raw = request.raw
+        authorization = raw.headers.get("Authorization")
+        # The registration API has its own bearer token, checked by its routes; one
+        # Authorization header cannot carry both that and basic-auth credentials.
+        own_auth = (raw.path == CONTAINERS_PATH
+                    and (authorization or "").lower().startswith("bearer "))
+        if self.web is not None and not own_auth and not await self._authorized(authorization):
+            response = plain(HTTPStatus.UNAUTHORIZED, "Unauthorized")
+            response.headers["WWW-Authenticate"] = 'Basic realm="threads-exporter"'
+            return response
+        routes = self.routes.get(raw.path)
+        if routes is None:
+            return plain(HTTPStatus.NOT_FOUND, "not found")
+        route = routes.get("GET" if raw.method == "HEAD" else raw.method)
+        if route is None:
+            response = plain(HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed")
+            response.headers["Allow"] = ", ".join(sorted(routes))
+            return response
+        try:
+            return await route(request)
+        except asyncio.CancelledError:
+            raise  # the client went away, or the exporter is stopping
+        except Exception:
+            log.exception("request failed", extra={"path": raw.path})
+            return plain(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
+
+    async def _authorized(self, authorization: str | None) -> bool:
+        assert self.web is not None
+        if not self.web.users:
+            return True
+        # bcrypt is CPU work: off the loop, so API calls and other clients never wait on it.
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self.web.authorized, authorization)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    if host == "" and socket.has_dualstack_ipv6():
+        sock = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True,
+                                    reuse_port=False)
+    else:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host or "0.0.0.0", port), family=family)
+    sock.setblocking(False)
+    return sock
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
@@ -182,7 +268,31 @@ def parse_listen_address(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class ExporterHTTPServer:
+    """An HttpServer started on the exporter's loop from another thread: for the command
+    line and for tests, which hold the exporter synchronously."""
+
+    def __init__(self, address: tuple[str, int], exporter: Exporter,
+                 web_config: WebConfig | None, telemetry_path: str = "/metrics", *,
+                 timeout_offset: float = 0.5, enable_lifecycle: bool = False,
+                 limits: Limits = Limits()):
+        self.http = HttpServer(exporter, web_config, telemetry_path,
+                               timeout_offset=timeout_offset, enable_lifecycle=enable_lifecycle,
+                               limits=limits)
+        self._exporter = exporter
+        exporter.call(self.http.start(*address), timeout=10)
+        self.server_address = self.http.address
+
+    def shutdown(self) -> None:
+        self._exporter.call(self.http.stop(), timeout=self.http.limits.shutdown_timeout + 5)
+
+    def server_close(self) -> None:
+        """Closed by shutdown(); kept for callers written against socketserver."""
+
+
 def serve_in_thread(server: ExporterHTTPServer) -> threading.Thread:
-    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    """Serving runs on the exporter's loop already; kept for callers written against
+    socketserver, returns a finished thread."""
+    thread = threading.Thread(target=lambda: None, name="http", daemon=True)
     thread.start()
     return thread
