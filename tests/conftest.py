@@ -4,7 +4,6 @@ exposition.py and waiting.py."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -92,10 +91,6 @@ def serve_exporter() -> Iterator[Callable[..., tuple[Exporter, str]]]:
             app = Exporter(config, config_path, transport=transport)
             stack.callback(app.close)
             server = ExporterHTTPServer(("127.0.0.1", 0), app, None)
-            # A short poll interval: shutdown() waits for it.
-            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
-                             daemon=True).start()
-            stack.callback(server.server_close)
             stack.callback(server.shutdown)
             return app, f"http://127.0.0.1:{server.server_address[1]}"
         yield serve

@@ -120,10 +120,8 @@ def test_stalled_clients_do_not_block_scrapes(running: str) -> None:
 def test_malformed_requests_get_a_clean_error(running: str, request_bytes: bytes,
                                               status: bytes) -> None:
     answer = raw(running, request_bytes)
-    # http.server answers a request it cannot parse as HTTP/1.x the HTTP/0.9 way: a bare
-    # error page without a status line.
-    assert (answer.startswith(b"HTTP/1.1 " + status)
-            or b"Error code: " + status in answer), answer[:300]
+    # A request it cannot parse gets its answer in HTTP/1.0, as Go's net/http does.
+    assert answer.startswith((b"HTTP/1.1 " + status, b"HTTP/1.0 " + status)), answer[:300]
     assert b"<script" not in answer.lower()
     # The server is still fine afterwards.
     assert httpx.get(running + "/-/healthy", timeout=10).status_code == 200
@@ -153,12 +151,14 @@ def test_landing_page_escapes_account_names(
     assert "tok-" not in page
 
 
-def test_unknown_probe_target_is_400_and_not_echoed_raw(
+def test_unknown_probe_target_is_400_and_not_echoed(
         config_file: Callable[..., Path], run_exporter: Callable[..., RunningExporter]) -> None:
     exporter = run_exporter("--config.file",
                             str(config_file("http://127.0.0.1:9", {"a": "tok-a"})))
     r = httpx.get(exporter.url("/probe"), params={"account": "missing.one"}, timeout=10)
-    assert r.status_code == 400 and "missing.one" in r.text
+    # Never echoed: a token pasted as the name must not come back, redacted or not (the
+    # difference would tell a guess that is a configured token).
+    assert r.status_code == 400 and "missing.one" not in r.text
     assert httpx.get(exporter.url("/probe"), timeout=10).status_code == 400
 
 
@@ -213,7 +213,9 @@ def test_registration_api_auth_and_size_limits(running: str, headers: dict[str, 
     # Sent raw: an honest client cannot send a Content-Length that disagrees with its body.
     answer = raw(running, f"POST /api/v1/containers HTTP/1.1\r\nHost: x\r\n{extra}\r\n"
                           "Connection: close\r\n\r\n".encode() + body)
-    assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer[:300]
+    # Requests the parser refuses are answered in HTTP/1.0, as Go's net/http does.
+    assert answer.startswith((f"HTTP/1.1 {status}".encode(), f"HTTP/1.0 {status}".encode())), \
+        answer[:300]
     assert API_TOKEN.encode() not in answer
 
 

@@ -14,6 +14,7 @@ import yaml
 from fake_graph import FakeGraph, container, healthy
 from threads_exporter.app import Exporter
 from threads_exporter.config import Config, load_config, parse_config
+from threads_exporter.web.server import Limits
 
 API_TOKEN = "s3cret-api-token"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -143,7 +144,7 @@ def test_wrong_methods_and_big_bodies(api: Api) -> None:
     base, _, _ = api
     r = httpx.delete(f"{base}/api/v1/containers", headers=AUTH)
     assert r.status_code == 405 and "POST" in r.headers["Allow"]
-    r = post(base, content=b"{" + b" " * 100_000 + b"}")
+    r = post(base, content=b"{" + b" " * Limits().max_body + b"}")
     assert r.status_code == 413
 
 

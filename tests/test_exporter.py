@@ -3,6 +3,7 @@ bad input."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -167,7 +168,7 @@ def test_reload_adopts_a_good_config_and_keeps_the_old_one_on_a_bad_one(
         upstream: FakeGraph, config_file: Callable[..., Path],
         run_exporter: Callable[..., RunningExporter]):
     config = config_file(upstream.base_url, {"brand": "tok-brand"})
-    running = run_exporter("--config.file", str(config))
+    running = run_exporter("--config.file", str(config), "--web.enable-lifecycle")
     config_file(upstream.base_url, {"brand": "tok-brand", "support": "tok-support"})
     assert httpx.post(running.url("/-/reload")).status_code == 200
     found = running.metrics()
@@ -244,3 +245,20 @@ def test_version_flag():
     assert result.returncode == 0
     assert result.stdout.startswith("threads-exporter ")
 
+
+
+def test_reload_over_http_needs_the_lifecycle_flag_as_in_prometheus(
+        upstream: FakeGraph, config_file: Callable[..., Path],
+        run_exporter: Callable[..., RunningExporter]):
+    config = config_file(upstream.base_url, {"brand": "tok-brand"})
+    running = run_exporter("--config.file", str(config))
+    config_file(upstream.base_url, {"brand": "tok-brand", "support": "tok-support"})
+    r = httpx.post(running.url("/-/reload"))
+    assert (r.status_code, r.text) == (403, "Lifecycle API is not enabled.\n")
+    assert "support" not in httpx.get(running.url("/")).text  # nothing was reloaded
+    running.proc.popen.send_signal(signal.SIGHUP)  # SIGHUP always reloads
+
+    def reloaded() -> None:
+        assert "support" in httpx.get(running.url("/")).text
+
+    eventually(reloaded, timeout=10)

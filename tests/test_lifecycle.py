@@ -75,7 +75,8 @@ def test_reload_keeps_the_old_config_when_the_new_one_is_bad(
         return config_file(fake_graph.base_url, {n: f"tok-{n}" for n in names})
 
     path = good("a")
-    exporter = run_exporter("--config.file", str(path), "--log.format", "json")
+    exporter = run_exporter("--config.file", str(path), "--log.format", "json",
+                            "--web.enable-lifecycle")
     found = exporter.metrics()
     assert value(found, "threads_exporter_config_last_reload_successful") == 1
     assert value(found, "threads_up", account="a") == 1

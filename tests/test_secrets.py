@@ -73,7 +73,8 @@ def test_tokens_appear_nowhere(tmp_path: Path, fake_graph: FakeGraph,
     fake_graph.tokens.update(behaviours())
     path = tmp_path / "config.yaml"
     path.write_text(config_text(fake_graph.base_url))
-    exporter = run_exporter("--config.file", str(path), "--log.level", "debug", cwd=tmp_path)
+    exporter = run_exporter("--config.file", str(path), "--log.level", "debug",
+                            "--web.enable-lifecycle", cwd=tmp_path)
     with httpx.Client(base_url=exporter.base, timeout=20) as c:
         api = {"Authorization": f"Bearer {API_TOKEN}"}
         scrape = {"X-Prometheus-Scrape-Timeout-Seconds": "5"}

@@ -16,7 +16,6 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from procs import exporter, exporter_cmd, wait_http
+from threads_exporter.app import Exporter
+from threads_exporter.config import Config
 from threads_exporter.demo.simulator import DEMO_API_TOKEN
 from threads_exporter.web import basicauth, tls, webconfig
+from threads_exporter.web.server import ExporterHTTPServer
 from threads_exporter.web.webconfig import WebConfig, WebConfigError, load_web_config
 
 PROMTOOL = shutil.which("promtool")
@@ -546,9 +548,8 @@ def test_cached_scrapes_stay_fast_while_16_clients_guess_passwords(tmp_path: Pat
     cost10 = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=10)).decode()
     path = tmp_path / "web.yml"
     path.write_text(f"basic_auth_users:\n  prometheus: '{cost10}'\n")
-    server = _TestServer(load_web_config(str(path)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    server = _ExporterServer(load_web_config(str(path)))
+    url = f"http://127.0.0.1:{server.server_address[1]}/-/healthy"
     stop = threading.Event()
 
     def guess(n: int) -> None:
@@ -575,7 +576,6 @@ def test_cached_scrapes_stay_fast_while_16_clients_guess_passwords(tmp_path: Pat
         for t in attackers:
             t.join(30)
         server.shutdown()
-        server.server_close()
     times.sort()
     # Before: 1.2-1.9 s each, waiting for the lock held through every guess's bcrypt.
     assert times[len(times) // 2] < 0.1 and times[-1] < 0.5, times
@@ -585,61 +585,33 @@ def test_cached_scrapes_stay_fast_while_16_clients_guess_passwords(tmp_path: Pat
 # Real TLS handshakes against a small server that uses WebConfig like the exporter does.
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _TestServer
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        web = self.server.web
-        if not web.authorized(self.headers.get("Authorization")):
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="test"')
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        body = b"ok\n"
-        self.send_response(200)
-        for name, value in web.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-class _TestServer(ThreadingHTTPServer):
-    daemon_threads = True
+class _ExporterServer:
+    """The exporter's own HTTP server (an exporter with no accounts) with a web config: TLS,
+    basic auth and headers checked where they are served, not in a stand-in."""
 
     def __init__(self, web: WebConfig):
-        self.web = web
-        super().__init__(("127.0.0.1", 0), _Handler)
+        self.exporter = Exporter(Config())
+        self.http = ExporterHTTPServer(("127.0.0.1", 0), self.exporter, web)
+        self.server_address = self.http.server_address
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        if self.web.ssl_context is not None:
-            request.settimeout(5)
-            try:
-                request = self.web.ssl_context.wrap_socket(request, server_side=True)
-            except OSError:
-                return
-        super().finish_request(request, client_address)
+    def shutdown(self) -> None:
+        self.http.shutdown()
+        self.exporter.close()
 
 
 @pytest.fixture
 def serve(pki: Pki) -> Iterator[Any]:
-    servers: list[_TestServer] = []
+    servers: list[_ExporterServer] = []
 
     def start(body: str) -> str:
         web = load_web_config(str(_write(pki, "served", body)))
-        server = _TestServer(web)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        server = _ExporterServer(web)
         servers.append(server)
         return f"127.0.0.1:{server.server_address[1]}"
 
     yield start
     for s in servers:
         s.shutdown()
-        s.server_close()
 
 
 def client_ctx(pki: Pki, cert: Path | None = None, key: Path | None = None,
@@ -661,36 +633,36 @@ def test_https_with_basic_auth_and_headers(pki: Pki, serve):
                        "http_server_config:\n  headers:\n    X-Frame-Options: deny\n"
                        "    Strict-Transport-Security: max-age=60\n")
     ctx = client_ctx(pki)
-    r = get(f"https://{addr}/", ctx, auth=("alice", "s3cret"))
-    assert r.status_code == 200 and r.text == "ok\n"
+    r = get(f"https://{addr}/-/healthy", ctx, auth=("alice", "s3cret"))
+    assert r.status_code == 200 and r.text == "Healthy\n"
     assert r.headers["X-Frame-Options"] == "deny"
     assert r.headers["Strict-Transport-Security"] == "max-age=60"
     assert get(f"https://localhost:{addr.split(':')[1]}/", ctx,
                auth=("alice", "s3cret")).status_code == 200
-    wrong = get(f"https://{addr}/", ctx, auth=("alice", "wrong"))
+    wrong = get(f"https://{addr}/-/healthy", ctx, auth=("alice", "wrong"))
     assert wrong.status_code == 401 and wrong.headers["WWW-Authenticate"].startswith("Basic")
-    assert get(f"https://{addr}/", ctx).status_code == 401
-    assert get(f"https://{addr}/", ctx, auth=("mallory", "s3cret")).status_code == 401
+    assert get(f"https://{addr}/-/healthy", ctx).status_code == 401
+    assert get(f"https://{addr}/-/healthy", ctx, auth=("mallory", "s3cret")).status_code == 401
 
 
 def test_plain_http_to_the_tls_port_fails(pki: Pki, serve):
     addr = serve(TLS)
     with pytest.raises(httpx.HTTPError):
-        get(f"http://{addr}/")
-    assert get(f"https://{addr}/", client_ctx(pki)).status_code == 200
+        get(f"http://{addr}/-/healthy")
+    assert get(f"https://{addr}/-/healthy", client_ctx(pki)).status_code == 200
 
 
 def test_server_certificate_is_checked_by_clients(pki: Pki, serve):
     addr = serve(TLS)
     with pytest.raises(httpx.ConnectError):
-        get(f"https://{addr}/", ssl.create_default_context())  # CA unknown to the client
+        get(f"https://{addr}/-/healthy", ssl.create_default_context())  # CA unknown to the client
 
 
 def test_min_version_is_enforced(pki: Pki, serve):
     addr = serve(TLS + "  min_version: TLS13\n")
-    assert get(f"https://{addr}/", client_ctx(pki)).status_code == 200
+    assert get(f"https://{addr}/-/healthy", client_ctx(pki)).status_code == 200
     with pytest.raises(httpx.ConnectError):
-        get(f"https://{addr}/", client_ctx(pki, max_version=ssl.TLSVersion.TLSv1_2))
+        get(f"https://{addr}/-/healthy", client_ctx(pki, max_version=ssl.TLSVersion.TLSv1_2))
 
 
 def test_max_version_is_enforced(pki: Pki, serve):
@@ -705,13 +677,13 @@ def test_max_version_is_enforced(pki: Pki, serve):
     ctx = client_ctx(pki, max_version=ssl.TLSVersion.TLSv1_2)
     ctx.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
     with pytest.raises(httpx.ConnectError):
-        get(f"https://{addr}/", ctx)
+        get(f"https://{addr}/-/healthy", ctx)
 
 
 def test_require_and_verify_client_cert(pki: Pki, serve):
     addr = serve(TLS + "  client_auth_type: RequireAndVerifyClientCert\n"
                        "  client_ca_file: ca.pem\n")
-    url = f"https://{addr}/"
+    url = f"https://{addr}/-/healthy"
     assert get(url, client_ctx(pki, pki.client_cert, pki.client_key)).status_code == 200
     with pytest.raises(httpx.HTTPError):
         get(url, client_ctx(pki))  # no client certificate
@@ -722,7 +694,7 @@ def test_require_and_verify_client_cert(pki: Pki, serve):
 def test_verify_client_cert_if_given(pki: Pki, serve):
     addr = serve(TLS + "  client_auth_type: VerifyClientCertIfGiven\n"
                        "  client_ca_file: ca.pem\n")
-    url = f"https://{addr}/"
+    url = f"https://{addr}/-/healthy"
     assert get(url, client_ctx(pki)).status_code == 200
     assert get(url, client_ctx(pki, pki.client_cert, pki.client_key)).status_code == 200
     with pytest.raises(httpx.HTTPError):
@@ -753,7 +725,7 @@ def test_client_ca_without_certificates_rejects_every_client(pki: Pki, serve):
     addr = serve(TLS + "  client_auth_type: RequireAndVerifyClientCert\n"
                        "  client_ca_file: garbage.pem\n")
     with pytest.raises(httpx.HTTPError):
-        get(f"https://{addr}/", client_ctx(pki, pki.client_cert, pki.client_key))
+        get(f"https://{addr}/-/healthy", client_ctx(pki, pki.client_cert, pki.client_key))
 
 
 @pytest.mark.parametrize("san", ["prometheus.monitoring.svc", "ops@example.com", "10.1.2.3",
@@ -761,7 +733,7 @@ def test_client_ca_without_certificates_rejects_every_client(pki: Pki, serve):
 def test_client_allowed_sans_match(pki: Pki, serve, san: str):
     addr = serve(TLS + "  client_auth_type: RequireAndVerifyClientCert\n"
                        f"  client_ca_file: ca.pem\n  client_allowed_sans: [other, '{san}']\n")
-    assert get(f"https://{addr}/",
+    assert get(f"https://{addr}/-/healthy",
                client_ctx(pki, pki.client_cert, pki.client_key)).status_code == 200
 
 
@@ -769,7 +741,7 @@ def test_client_allowed_sans_mismatch(pki: Pki, serve):
     addr = serve(TLS + "  client_auth_type: RequireAndVerifyClientCert\n"
                        "  client_ca_file: ca.pem\n  client_allowed_sans: [grafana.svc]\n")
     with pytest.raises(httpx.HTTPError):
-        get(f"https://{addr}/", client_ctx(pki, pki.client_cert, pki.client_key))
+        get(f"https://{addr}/-/healthy", client_ctx(pki, pki.client_cert, pki.client_key))
 
 
 @pytest.mark.parametrize("san", ["2001:DB8:0:0:0:0:0:1", "::ffff:10.9.8.7", "prometheus"])
@@ -779,7 +751,7 @@ def test_client_allowed_sans_compare_as_go_writes_names(pki: Pki, serve, san: st
     addr = serve(TLS + "  client_auth_type: RequireAndVerifyClientCert\n"
                        f"  client_ca_file: ca.pem\n  client_allowed_sans: ['{san}']\n")
     with pytest.raises(httpx.HTTPError):
-        get(f"https://{addr}/", client_ctx(pki, pki.client_cert, pki.client_key))
+        get(f"https://{addr}/-/healthy", client_ctx(pki, pki.client_cert, pki.client_key))
 
 
 def test_client_allowed_sans_need_a_verified_certificate(pki: Pki, serve):
@@ -787,7 +759,7 @@ def test_client_allowed_sans_need_a_verified_certificate(pki: Pki, serve):
     addr = serve(TLS + "  client_auth_type: RequireAndVerifyClientCert\n"
                        "  client_ca_file: ca.pem\n"
                        "  client_allowed_sans: [prometheus.monitoring.svc]\n")
-    url = f"https://{addr}/"
+    url = f"https://{addr}/-/healthy"
     with pytest.raises(httpx.HTTPError):
         get(url, client_ctx(pki, pki.rogue_cert, pki.rogue_key))
     with pytest.raises(httpx.HTTPError):
@@ -956,7 +928,7 @@ def test_header_with_a_line_break_in_its_name_is_refused(tmp_path: Path):
 def test_header_values_that_are_sent_are_clean(pki: Pki, serve):
     addr = serve("http_server_config:\n  headers:\n"
                  "    Content-Security-Policy: \"default-src 'self'; frame-ancestors\tnone\"\n")
-    r = get(f"http://{addr}/")
+    r = get(f"http://{addr}/-/healthy")
     assert r.headers["Content-Security-Policy"] == "default-src 'self'; frame-ancestors\tnone"
 
 

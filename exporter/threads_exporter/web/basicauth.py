@@ -85,6 +85,20 @@ class BasicAuth:
     def __repr__(self) -> str:
         return f"BasicAuth({len(self._users)} users)"
 
+    def cached(self, authorization: str | None) -> bool | None:
+        """The verdict without any bcrypt work: from the caches, or for a header that is no
+        basic credential at all; None when only bcrypt can tell (call authorized())."""
+        credentials = _parse_basic(authorization)
+        if credentials is None:
+            return False
+        user, password = credentials
+        key = self._digest(user, password, self._hash_of(user)[0])
+        if key in self._successes:
+            return True
+        if key in self._failures:
+            return False
+        return None
+
     def authorized(self, authorization: str | None) -> bool:
         credentials = _parse_basic(authorization)
         if credentials is None:

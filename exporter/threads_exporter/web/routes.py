@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from threads_exporter import __version__
 from threads_exporter.app import Exporter, StoreError, UnknownAccount
 from threads_exporter.config import valid_container_id
-from threads_exporter.redact import REDACT
+from threads_exporter.redact import REDACT, shown
 
 if TYPE_CHECKING:
     from threads_exporter.web.server import HttpServer
@@ -275,7 +275,7 @@ async def register_container(request: Request) -> web.StreamResponse:
             new, entry = await request.exporter.register_async(account, cid)
     except UnknownAccount:
         return json_response(HTTPStatus.NOT_FOUND,
-                             {"error": "account: no configured account of that name"})
+                             {"error": f"account: no configured account named {shown(account)}"})
     except StoreError as e:
         return _store_unavailable(str(e))
     except TimeoutError:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from threads_exporter import __version__
 from threads_exporter.app import Exporter
+from threads_exporter.web.basicauth import BCRYPT_SLOTS
 from threads_exporter.web.routes import (
     CONTAINERS_PATH,
     Request,
@@ -129,14 +130,30 @@ class _Protocol(RequestHandler):
                      message: str | None = None) -> web.StreamResponse:
         # aiohttp's own answer quotes the offending bytes (a header line may hold a
         # credential), and logs them with a traceback: answer and log the kind only.
-        if isinstance(exc, LineTooLong) or (isinstance(exc, BadHttpMessage)
-                                            and "header" in str(exc).lower()):
-            status = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+        if isinstance(exc, BadHttpMessage):
+            status = _status_for(exc)
         log.debug("bad request", extra={"client": _peer(self.transport), "status": status,
                                         "error": type(exc).__name__ if exc else None})
         response = plain(status, HTTPStatus(status).phrase)
         response.force_close()
         return response
+
+
+def _status_for(exc: BadHttpMessage) -> int:
+    """The status Go's net/http gives a request it cannot take (aiohttp says 400 for all)."""
+    if isinstance(exc, LineTooLong):
+        line = bytes(exc.args[0][:8]) if exc.args and isinstance(exc.args[0], (bytes, bytearray)) \
+            else b""
+        # The request line's target starts with / (or is absolute): the URI is too long.
+        if line.startswith((b"/", b"*", b"http:", b"https:")):
+            return HTTPStatus.REQUEST_URI_TOO_LONG
+        return HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+    text = str(exc)
+    if "Too many headers" in text:
+        return HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+    if "Invalid HTTP version" in text:
+        return HTTPStatus.HTTP_VERSION_NOT_SUPPORTED
+    return HTTPStatus.BAD_REQUEST
 
 
 class _Server(web.Server):
@@ -175,6 +192,7 @@ class HttpServer:
         self.limits = limits
         self.routes = route_table(telemetry_path)
         self._server: _Server | None = None  # made on the loop, in start()
+        self._bcrypt = ThreadPoolExecutor(BCRYPT_SLOTS, thread_name_prefix="bcrypt")
         self._listener: asyncio.Server | None = None
         self.address: tuple[str, int] = ("", 0)
 
@@ -197,6 +215,7 @@ class HttpServer:
             await self._server.shutdown(self.limits.shutdown_timeout)
             await self._listener.wait_closed()
             self._listener = None
+        self._bcrypt.shutdown(wait=False, cancel_futures=True)
 
     async def _handle(self, raw: web.BaseRequest) -> web.StreamResponse:
         protocol = raw.protocol
@@ -241,12 +260,16 @@ class HttpServer:
             return plain(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
 
     async def _authorized(self, authorization: str | None) -> bool:
-        assert self.web is not None
-        if not self.web.users:
+        auth = self.web.basic_auth if self.web is not None else None
+        if auth is None:
             return True
-        # bcrypt is CPU work: off the loop, so API calls and other clients never wait on it.
+        verdict = auth.cached(authorization)  # a dict lookup: a cached scrape never waits
+        if verdict is not None:
+            return verdict
+        # bcrypt is CPU work: off the loop, on threads of its own, so neither API calls nor
+        # the encoding of a scrape ever queue behind an attacker's guesses.
         return await asyncio.get_running_loop().run_in_executor(
-            None, self.web.authorized, authorization)
+            self._bcrypt, auth.authorized, authorization)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -285,14 +308,3 @@ class ExporterHTTPServer:
 
     def shutdown(self) -> None:
         self._exporter.call(self.http.stop(), timeout=self.http.limits.shutdown_timeout + 5)
-
-    def server_close(self) -> None:
-        """Closed by shutdown(); kept for callers written against socketserver."""
-
-
-def serve_in_thread(server: ExporterHTTPServer) -> threading.Thread:
-    """Serving runs on the exporter's loop already; kept for callers written against
-    socketserver, returns a finished thread."""
-    thread = threading.Thread(target=lambda: None, name="http", daemon=True)
-    thread.start()
-    return thread
