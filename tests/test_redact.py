@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -60,3 +61,23 @@ def test_redaction_after_add_secrets_keeps_the_old_ones() -> None:
     redact.set_secrets(["first-secret-value"])
     redact.add_secrets(["second-secret-value", "s2"])
     assert redact("first-secret-value second-secret-value s2") == f"{MASK} {MASK} {MASK}"
+
+
+@pytest.mark.parametrize("formatter", ["json", "logfmt"])
+def test_formatters_redact_before_escaping(formatter: str) -> None:
+    """JSON and logfmt escape a quote, a backslash or non-ASCII; a secret holding one would
+    no longer match once escaped, so each value is redacted before it is quoted."""
+    from threads_exporter.logs import JsonFormatter, LogfmtFormatter
+    from threads_exporter.redact import REDACT
+
+    secret = 'tö"k\\en with space€'
+    REDACT.set_secrets([secret])
+    try:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed %s", (secret,), None)
+        record.error = f"upstream said {secret}"
+        out = (JsonFormatter() if formatter == "json" else LogfmtFormatter()).format(record)
+    finally:
+        REDACT.set_secrets([])
+    assert "<redacted>" in out
+    for form in (secret, json.dumps(secret)[1:-1], secret.replace('"', '\\"')):
+        assert form not in out, out

@@ -9,11 +9,13 @@ from __future__ import annotations
 import hmac
 import secrets
 import signal
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
 import httpx
+import pytest
 import yaml
 
 from fake_graph import FakeGraph, body, graph_error, hang, healthy, huge, reset_mid_body
@@ -24,9 +26,15 @@ from threads_exporter.web import routes as server_module
 from waiting import wait_for
 
 RANDOM = secrets.token_hex(8)
-TOKENS = {name: f"SECRET-TOKEN-{name}-{RANDOM}" for name in (
-    "healthy", "expired", "echoes", "throttled", "no-delete", "html", "not-json", "huge",
-    "reset", "hang")}
+NAMES = ("healthy", "expired", "echoes", "throttled", "no-delete", "html", "not-json", "huge",
+         "reset", "hang")
+# Tokens as Meta issues them, and tokens with the characters that escape a naive redactor once
+# serialised: a quote, a backslash, non-ASCII, a space (JSON and logfmt escape all of them).
+STYLES = {
+    "plain": lambda name: f"SECRET-TOKEN-{name}-{RANDOM}",
+    "odd": lambda name: f'SECRET"TOK\\EN €{name} {RANDOM}',
+}
+TOKENS = {name: STYLES["plain"](name) for name in NAMES}
 API_TOKEN = f"SECRET-API-{RANDOM}"
 
 
@@ -59,8 +67,13 @@ def config_text(base_url: str, *, extra_account: str | None = None) -> str:
     })
 
 
+@pytest.mark.parametrize(("style", "log_format"), [("plain", "logfmt"), ("odd", "logfmt"),
+                                                  ("odd", "json")])
 def test_tokens_appear_nowhere(tmp_path: Path, fake_graph: FakeGraph,
-                               run_exporter: Callable[..., RunningExporter]) -> None:
+                               run_exporter: Callable[..., RunningExporter],
+                               monkeypatch: pytest.MonkeyPatch, style: str,
+                               log_format: str) -> None:
+    monkeypatch.setitem(globals(), "TOKENS", {n: STYLES[style](n) for n in NAMES})
     seen: list[str] = []  # every response, status line, headers and body
 
     def record(r: httpx.Response) -> httpx.Response:
@@ -71,10 +84,13 @@ def test_tokens_appear_nowhere(tmp_path: Path, fake_graph: FakeGraph,
         return exporter.output().count("config reload failed")
 
     fake_graph.tokens.update(behaviours())
+    # A container whose error_message quotes the token back: stored, listed, never raw.
+    fake_graph.container("1", {"status": "ERROR",
+                               "error_message": f"bad media for {TOKENS['healthy']}"})
     path = tmp_path / "config.yaml"
     path.write_text(config_text(fake_graph.base_url))
     exporter = run_exporter("--config.file", str(path), "--log.level", "debug",
-                            "--web.enable-lifecycle", cwd=tmp_path)
+                            "--log.format", log_format, "--web.enable-lifecycle", cwd=tmp_path)
     with httpx.Client(base_url=exporter.base, timeout=20) as c:
         api = {"Authorization": f"Bearer {API_TOKEN}"}
         scrape = {"X-Prometheus-Scrape-Timeout-Seconds": "5"}
@@ -91,7 +107,9 @@ def test_tokens_appear_nowhere(tmp_path: Path, fake_graph: FakeGraph,
         record(c.post("/api/v1/containers",
                       json={"account": TOKENS["healthy"], "id": "2"}, headers=api))
         record(c.post("/api/v1/containers", json={"account": "healthy", "id": "2"},
-                      headers={"Authorization": f"Bearer {TOKENS['healthy']}"}))
+                      headers={"Authorization": f"Bearer {TOKENS['healthy']}".encode()}))
+        wait_for(lambda: record(c.get("/metrics", headers=scrape)).text,
+                 until=lambda text: 'status="ERROR"} 1.0' in text)  # container 1 polled
         record(c.get("/api/v1/containers", headers=api))
         record(c.get("/api/v1/containers", params={"account": API_TOKEN}, headers=api))
         # A bad config whose error would quote a token (user_id and token swapped).
@@ -110,14 +128,22 @@ def test_tokens_appear_nowhere(tmp_path: Path, fake_graph: FakeGraph,
         assert exporter.wait(15) == 0
         logs = exporter.output()
     metrics = seen[0]
+    state = sqlite3.connect(tmp_path / "state.db")
+    rows = repr(state.execute("SELECT * FROM containers").fetchall())
+    state.close()
 
-    # The paths above really ran: failures were logged, at debug level too.
-    assert "quota reading failed" in logs and "level=debug" in logs
+    # The paths above really ran: failures were logged, at debug level too; the container's
+    # error was stored; the state file is the owner's alone.
+    assert "quota reading failed" in logs and ("level=debug" in logs
+                                               or '"level": "debug"' in logs)
+    assert "bad media for <redacted>" in rows
+    assert (tmp_path / "state.db").stat().st_mode & 0o077 == 0
     assert "config reload failed" in logs
     assert 'threads_up{account="healthy"} 1.0' in metrics
-    for where, text in {"logs": logs, **{f"response {i}": s for i, s in enumerate(seen)}}.items():
+    for where, text in {"logs": logs, "state file": rows,
+                        **{f"response {i}": s for i, s in enumerate(seen)}}.items():
         for secret in [*TOKENS.values(), API_TOKEN]:
-            # The random part alone would show a partly masked token too.
+            # The random part alone would show a partly masked or escaped token too.
             assert secret not in text and RANDOM not in text, f"{where} leaks {secret}"
 
 

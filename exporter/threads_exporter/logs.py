@@ -28,7 +28,10 @@ def _fields(record: logging.LogRecord) -> dict[str, object]:
     if record.exc_info and record.exc_info[0] is not None:
         # Type and message only: tracebacks can quote locals such as request URLs.
         fields["exception"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
-    return fields
+    # Every value redacted as text before it is quoted or escaped: a secret holding a quote,
+    # a backslash or non-ASCII would no longer match once escaped.
+    return {k: v if isinstance(v, (int, float, bool)) or v is None else REDACT(str(v))
+            for k, v in fields.items()}
 
 
 def _logfmt_value(value: object) -> str:
@@ -46,7 +49,7 @@ class LogfmtFormatter(logging.Formatter):
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return REDACT(json.dumps(_fields(record), default=str))
+        return REDACT(json.dumps(_fields(record), default=str, ensure_ascii=False))
 
 
 def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:
