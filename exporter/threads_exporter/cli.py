@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import resource
 import shutil
 import signal
 import sys
@@ -81,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     setup_logging(args.log_level, args.log_format)
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    # As Go programs do: every connection a client may hold costs a descriptor.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     # A full garbage collection walks every live object (container rows, readings, metric
     # families), and polling's churn triggered them often: ~10% of the event loop's CPU.
     # Most garbage here is freed by reference counting: full collections at most 1/100 as often.

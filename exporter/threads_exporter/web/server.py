@@ -51,7 +51,7 @@ class Limits:
     body_timeout: float = 10.0  # and its body within this
     idle_timeout: float = 75.0  # keep-alive: an idle connection is closed after this
     max_body: int = 256 * 1024
-    shutdown_timeout: float = 1.0
+    shutdown_timeout: float = 0.5  # for requests in flight; SIGTERM must end the process in 2 s
 
 
 class _Protocol(RequestHandler):
@@ -212,7 +212,9 @@ class HttpServer:
         """Stop accepting, give requests in flight shutdown_timeout to finish, close."""
         if self._listener is not None and self._server is not None:
             self._listener.close()
-            await self._server.shutdown(self.limits.shutdown_timeout)
+            # aiohttp waits twice per connection (for the handler to finish, then for it to
+            # end once cancelled), each up to the timeout given: half each.
+            await self._server.shutdown(self.limits.shutdown_timeout / 2)
             await self._listener.wait_closed()
             self._listener = None
         self._bcrypt.shutdown(wait=False, cancel_futures=True)
