@@ -86,6 +86,7 @@ def test_a_header_bomb_gets_431_and_memory_stays_bounded(target: RunningExporter
     assert all(a.startswith(b"HTTP/1.") or a == b"(closed)" for a in answers), answers[:3]
     assert peak_rss_mib(target.proc.popen.pid) < 200
     assert timed_scrape(target) < 5
+    every_line_structured(target)
 
 
 def test_three_thousand_trickling_connections_neither_hold_it_nor_delay_scrapes(
@@ -123,6 +124,16 @@ def test_three_thousand_trickling_connections_neither_hold_it_nor_delay_scrapes(
     asyncio.run(attack())
     assert timed_scrape(target) < 1.0
     assert timed_scrape(target) < 1.0
+    every_line_structured(target)
+
+
+def every_line_structured(target: RunningExporter) -> None:
+    """Whatever the clients did, every line the exporter wrote went through the formatter and
+    the redactor: no raw traceback (it printed 154,809 such lines under attack before)."""
+    lines = [line for line in target.proc.output().splitlines() if line.strip()]
+    assert lines
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line
 
 
 def test_a_half_sent_request_closed_early_costs_nothing(target: RunningExporter,
