@@ -119,7 +119,8 @@ def json_answer(status: int, payload: Any, **kw: Any) -> Answer:
 
 
 def error_body(code: int, message: str, *, subcode: int | None = None, type: str | None = None,
-               transient: bool | None = None, trace: str = "AbCdEf0123_x") -> dict[str, Any]:
+               transient: bool | None = None, trace: str = "AbCdEf0123_x",
+               user: tuple[str, str] | None = None) -> dict[str, Any]:
     """Graph's error envelope. error_subcode and is_transient are there when the error has
     them, as on the real API."""
     error: dict[str, Any] = {
@@ -132,8 +133,33 @@ def error_body(code: int, message: str, *, subcode: int | None = None, type: str
         error["error_subcode"] = subcode
     if transient is not None:
         error["is_transient"] = transient
+    if user is not None:  # localized texts for the end user, as Meta sends them
+        error["error_user_title"], error["error_user_msg"] = user
     error["fbtrace_id"] = trace
     return {"error": error}
+
+
+# --- answers recorded from the real API (see ../shared/threads-api.md, "Real answers") -------
+
+# Throttling: is_transient true with code 4 (four independent pastes, e.g. react-share#70).
+THROTTLED = error_body(4, "(#4) Application request limit reached", transient=True)
+# A container Meta lost (fbsamples/threads_api#70), also seen right after FINISHED.
+MEDIA_NOT_FOUND = error_body(24, "Media Not Found", subcode=4279009, user=(
+    "Medien nicht gefunden", "Die angeforderten Medien wurden nicht gefunden."))
+# A published media id asked for `status` (exileum/meta-mcp#143).
+NONEXISTING_STATUS = error_body(100, "(#100) Tried accessing nonexisting field (status)")
+# A token reading another user's object (baguskto/threads-mcp): reads like an outage.
+UNEXPECTED = error_body(2, "An unexpected error has occurred. Please retry your request "
+                           "later.", transient=True)
+# debug_token asked with the user's own token on an app in development mode
+# (tirthpatell/fia-f1-docs-bot#50).
+DEV_MODE_DEBUG_TOKEN = error_body(100, "(#100) The App_id in the input_token did not match "
+                                       "the Viewing App", type="OAuthException")
+
+
+def recorded(status: int, payload: dict[str, Any]) -> Behaviour:
+    """A recorded answer, as a behaviour or a container poll's script step."""
+    return lambda req: json_answer(status, payload)
 
 
 # --- publishing-limit behaviours -----------------------------------------------------------
@@ -253,6 +279,13 @@ class FakeGraph:
         # Seconds before every answer, or per endpoint ({"container": 2.0}).
         self.latency = latency
         self.expires_at: dict[str, float] = {}  # debug_token's expires_at per token
+        # The user each token belongs to: /me answers it, and threads_publishing_limit of
+        # another numeric user id answers code 2, as the real API does. Unlisted: "1".
+        self.users: dict[str, str] = {}
+        # Tokens of apps in development mode: debug_token refuses them as access_token, and
+        # answers only when asked with one of the app access tokens.
+        self.dev_mode: set[str] = set()
+        self.app_tokens: set[str] = set()
         self.log: list[Request] = []
         self._lock = threading.Lock()
         self._counts: Counter[tuple[str, str]] = Counter()
@@ -393,6 +426,17 @@ class FakeGraph:
             latency = random.uniform(*latency)
         return replace(answer, delay=answer.delay + latency) if latency else answer
 
+    def _debug_token(self, token: str) -> Answer:
+        if token not in self.tokens:
+            return json_answer(400, error_body(
+                190, "Invalid OAuth access token - Cannot parse access token"))
+        expires = self.expires_at.get(token, time.time() + 30 * DAY)
+        return json_answer(200, {"data": {
+            "app_id": "1000000000000001", "type": "USER", "application": "fake-graph",
+            "expires_at": int(expires), "is_valid": True,
+            "scopes": ["threads_basic", "threads_content_publish"],
+            "user_id": self.users.get(token, "1")}})
+
     def _decide(self, req: Request) -> Answer:
         if req.method != "GET":
             return json_answer(400, error_body(
@@ -402,16 +446,21 @@ class FakeGraph:
         if not req.token:
             return json_answer(400, error_body(
                 104, "An access token is required to request this resource."))
+        if req.endpoint == "debug_token" and req.token in self.app_tokens:
+            return self._debug_token(req.query.get("input_token", ""))
         if req.token not in self.tokens:
             return json_answer(400, error_body(
                 190, "Invalid OAuth access token - Cannot parse access token"))
+        if req.endpoint == "me":
+            return json_answer(200, {"id": self.users.get(req.token, "1")})
         if req.endpoint == "debug_token":
-            expires = self.expires_at.get(req.token, time.time() + 30 * DAY)
-            return json_answer(200, {"data": {
-                "app_id": "1000000000000001", "type": "USER", "application": "fake-graph",
-                "expires_at": int(expires), "is_valid": True,
-                "scopes": ["threads_basic", "threads_content_publish"], "user_id": "1"}})
+            if req.token in self.dev_mode:
+                return json_answer(400, DEV_MODE_DEBUG_TOKEN)
+            return self._debug_token(req.token)
         if req.endpoint == "publishing_limit":
+            user = req.path.split("/")[2]
+            if user not in ("me", self.users.get(req.token, user)):
+                return json_answer(500, UNEXPECTED)
             return self.tokens[req.token](req)
         assert req.cid is not None
         script = self.containers.get(req.cid)
@@ -433,6 +482,8 @@ def _classify(path: str) -> tuple[str, str | None]:
     parts = m.group(1).strip("/").split("/")
     if parts == ["debug_token"]:
         return "debug_token", None
+    if parts == ["me"]:
+        return "me", None
     if len(parts) == 2 and parts[1] == "threads_publishing_limit" and parts[0]:
         return "publishing_limit", None
     if len(parts) == 1 and _DIGITS.fullmatch(parts[0]):

@@ -10,13 +10,14 @@ import time
 import zlib
 from pathlib import Path
 
-import httpx
 import pytest
 
+from fake_graph import Answer, FakeGraph
 from threads_exporter.app import Exporter
 from threads_exporter.config import Account, ApiConfig, parse_config
 from threads_exporter.graph.client import ThreadsClient
 from threads_exporter.graph.errors import ApiError
+from threads_exporter.graph.parse import parse_debug_token
 from threads_exporter.graph.stats import ApiStats
 from threads_exporter.graph.transport import MAX_BODY_BYTES
 
@@ -42,39 +43,26 @@ HOSTILE = {
                       b'"quota_duration":86400}}]}'),
     "Infinity total": ({}, b'{"data":[{"quota_usage":1,"config":{"quota_total":Infinity,'
                            b'"quota_duration":86400}}]}'),
-    "NaN expiry": ({}, b'{"data":{"expires_at":NaN}}'),
     "NaN status": ({}, b'{"status":NaN}'),
     "huge plain body": ({}, b'{"data":[{"pad":"' + b"x" * (4 << 20) + b'"}]}'),
 }
 
 
-def streamed(headers: dict[str, str], body: bytes) -> httpx.Response:
-    """A response streamed in 64 KiB chunks as a socket delivers it (httpx would read, and
-    decode, a bytes body whole before the exporter ever saw it)."""
-    async def chunks():
-        for i in range(0, len(body), 1 << 16):
-            yield body[i:i + (1 << 16)]
-
-    return httpx.Response(200, headers=headers, content=chunks())
-
-
-def call(headers: dict[str, str], body: bytes, what: str):
-    calls = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        calls.append(request.url.path)
-        return streamed(headers, body)
+def call(fake: FakeGraph, headers: dict[str, str], body: bytes, what: str):
+    """One call of the client, answered by the fake with exactly these bytes (streamed in
+    chunks as a socket delivers them, never decoded by the fake)."""
+    behaviour = lambda req: Answer(200, body, headers=headers)  # noqa: E731
+    fake.token(ACCOUNT.access_token, behaviour)
+    fake.container("1788", behaviour)
 
     async def main():
         client = ThreadsClient(ApiConfig(base_url="http://threads.test"), ApiStats(),
-                               transport=httpx.MockTransport(handler))
+                               transport=fake.transport())
         try:
             deadline = time.monotonic() + 5
             if what == "quotas":
-                return await client.read_quotas(ACCOUNT, deadline), client.stats, calls
-            if what == "expiry":
-                return await client.token_expiry(ACCOUNT, deadline), client.stats, calls
-            return await client.container_status(ACCOUNT, "1788", deadline), client.stats, calls
+                return await client.read_quotas(ACCOUNT, deadline), client.stats
+            return await client.container_status(ACCOUNT, "1788", deadline), client.stats
         finally:
             await client.aclose()
 
@@ -82,58 +70,61 @@ def call(headers: dict[str, str], body: bytes, what: str):
 
 
 @pytest.mark.parametrize("name", list(HOSTILE))
-@pytest.mark.parametrize("what", ["quotas", "expiry", "container"])
-def test_a_hostile_answer_is_one_counted_bad_response(name: str, what: str) -> None:
+@pytest.mark.parametrize("what", ["quotas", "container"])
+def test_a_hostile_answer_is_one_counted_bad_response(fake_graph: FakeGraph, name: str,
+                                                      what: str) -> None:
     headers, body = HOSTILE[name]
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     with pytest.raises(ApiError) as info:
-        call(headers, body, what)
+        call(fake_graph, headers, body, what)
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert info.value.reason == "bad_response", str(info.value)
     # The 512 MiB bomb never inflates past the 1 MiB cap (plus what the test itself holds).
     assert grown < 24 * 1024, f"peak RSS grew by {grown} KiB"
+    assert fake_graph.calls() == 1  # not retried: a bad answer is not a transient one
 
 
-def test_a_well_formed_gzip_answer_is_read() -> None:
-    quotas, _, calls = call({"Content-Encoding": "gzip"}, gzip.compress(QUOTAS), "quotas")
-    assert quotas["posts"].usage == 1 and len(calls) == 1
+def test_a_well_formed_gzip_answer_is_read(fake_graph: FakeGraph) -> None:
+    quotas, _ = call(fake_graph, {"Content-Encoding": "gzip"}, gzip.compress(QUOTAS), "quotas")
+    assert quotas["posts"].usage == 1 and fake_graph.calls() == 1
 
 
-def test_the_cap_is_on_the_decoded_body() -> None:
+def test_the_cap_is_on_the_decoded_body(fake_graph: FakeGraph) -> None:
     fits = b'{"status":"FINISHED","pad":"' + b"x" * (MAX_BODY_BYTES - 100) + b'"}'
-    answer, _, _ = call({"Content-Encoding": "gzip"}, gzip.compress(fits), "container")
+    answer, _ = call(fake_graph, {"Content-Encoding": "gzip"}, gzip.compress(fits), "container")
     assert answer.status == "FINISHED"
 
 
 @pytest.mark.parametrize("name", ["invalid gzip", "deep JSON", "NaN status"])
-def test_a_container_answering_garbage_is_polled_once_per_interval(tmp_path: Path,
-                                                                    name: str) -> None:
+def test_a_container_answering_garbage_is_polled_once_per_interval(
+        tmp_path: Path, fake_graph: FakeGraph, name: str) -> None:
     headers, body = HOSTILE[name]
-    polls: list[float] = []
-
-    def upstream(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/1788"):
-            polls.append(time.monotonic())
-            return streamed(headers, body)
-        return httpx.Response(200, content=QUOTAS)
-
+    fake_graph.token(ACCOUNT.access_token, lambda req: Answer(200, QUOTAS))
+    fake_graph.container("1788", lambda req: Answer(200, body, headers=headers))
     config = parse_config({
         "api": {"base_url": "http://threads.test"},
-        "accounts": [{"name": "brand", "access_token": "hostile-upstream-token",
+        "accounts": [{"name": "brand", "access_token": ACCOUNT.access_token,
                       "quotas": ["posts"]}],
         "containers": {"state_path": str(tmp_path / "state.db"), "api_token": "api-token",
                        "track": [{"account": "brand", "id": "1788"}]},
     }, env={})
-    exp = Exporter(config, transport=httpx.MockTransport(upstream))
+    exp = Exporter(config, transport=fake_graph.transport())
     try:
         for _ in range(5):
             exp.scrape(time.monotonic() + 1)
         [entry] = exp.containers()
     finally:
         exp.close()
-    assert len(polls) == 1  # the next poll is a poll interval (60 s) away, not at once
+    # One poll: the next is a poll interval (60 s) away, not at once (it was ~100/s).
+    assert len(fake_graph.polls("1788")) == 1
     assert entry["last_error_reason"] == "bad_response" and entry["poll_errors"] == 1
     assert exp.stats.errors[("brand", "container", "bad_response")] == 1
+
+
+def test_nan_and_infinity_are_no_expiry() -> None:
+    for body in (b'{"data":{"expires_at":NaN}}', b'{"data":{"expires_at":Infinity}}'):
+        with pytest.raises(ApiError, match="bad_response"):
+            parse_debug_token(body)
 
 
 def test_scrapes_do_not_each_cost_an_fsync(tmp_path: Path) -> None:
@@ -149,8 +140,7 @@ def test_scrapes_do_not_each_cost_an_fsync(tmp_path: Path) -> None:
     beats: list[float] = []
 
     async def main() -> None:
-        client = ThreadsClient(config.api, transport=httpx.MockTransport(
-            lambda r: httpx.Response(500)))
+        client = ThreadsClient(config.api, transport=FakeGraph().transport())
         store = Store(config.containers.state_path)
         real = store.heartbeat
         store.heartbeat = lambda t: (beats.append(t), real(t))[1]  # type: ignore[method-assign]

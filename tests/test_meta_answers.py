@@ -1,155 +1,161 @@
-"""What Meta really sends, beyond the happy path: dev-mode apps that refuse debug_token asked
-with the user's own token, and a user_id that is not the token's user (issue 12)."""
+"""What Meta really sends, replayed by the fake from recorded answers (issue 12): throttling
+with is_transient, containers Meta will not answer for, dev-mode apps refusing debug_token,
+and a user_id that is not the token's user. Against the real exporter process."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
-from threads_exporter.config import ConfigError, parse_config
-from threads_exporter.graph.client import ThreadsClient
-from threads_exporter.graph.stats import ApiStats
-from threads_exporter.quotas.reader import QuotaReader
+from exposition import value
+from fake_graph import (
+    MEDIA_NOT_FOUND,
+    NONEXISTING_STATUS,
+    THROTTLED,
+    FakeGraph,
+    healthy,
+    recorded,
+)
+from procs import BRAND_TOKEN, REGISTRATION, RunningExporter, json_logs
+from waiting import eventually
 
-USER_TOKEN = "EAAG-user-token-of-brand"
-APP_TOKEN = "TH|1234567890|app-secret-value"
+APP_TOKEN = "TH|1000000000000001|fake-app-secret-value"
 TOKEN_USER = "17841400000000001"
 
 
-def graph_error(code: int, message: str, status: int = 400) -> httpx.Response:
-    return httpx.Response(status, json={"error": {"message": message, "type": "OAuthException",
-                                                  "code": code, "fbtrace_id": "AbC"}})
+def test_a_throttled_reading_costs_exactly_one_call(
+        fake_graph: FakeGraph, config_file: Callable[..., Path],
+        run_exporter: Callable[..., RunningExporter]) -> None:
+    fake_graph.token("tok-throttled", recorded(400, THROTTLED))
+    exporter = run_exporter("--config.file", str(config_file(
+        fake_graph.base_url, {"brand": "tok-throttled"}, quotas=["posts"])))
+    found = exporter.metrics(timeout_header=5)
+    assert value(found, "threads_last_error_reason", account="brand",
+                 reason="rate_limited") == 1
+    for _ in range(3):  # backing off: later scrapes inside the backoff cost nothing
+        exporter.metrics(timeout_header=5)
+    assert fake_graph.calls("tok-throttled", "publishing_limit") == 1
 
 
-class DevModeApi:
-    """A Graph API of an app in development mode, as recorded: debug_token asked with the
-    user's own token is refused with code 100; asked with the app token it answers."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict[str, str]]] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        url = urlsplit(str(request.url))
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        path = url.path.removeprefix("/v1.0")
-        self.calls.append((path, query))
-        if path == "/debug_token":
-            if query.get("access_token") != APP_TOKEN:
-                return graph_error(100, "(#100) The App must be in live mode to debug tokens "
-                                   "of other users")
-            return httpx.Response(200, json={"data": {"expires_at": 1900000000,
-                                                      "is_valid": True}})
-        if query.get("access_token") != USER_TOKEN:
-            return graph_error(190, "Invalid OAuth access token - Cannot parse access token")
-        if path == "/me":
-            return httpx.Response(200, json={"id": TOKEN_USER})
-        user = path.split("/")[1]
-        if path.endswith("/threads_publishing_limit"):
-            if user not in ("me", TOKEN_USER):
-                # What a token reading another user's object gets: reads as an outage.
-                return graph_error(2, "An unexpected error has occurred. Please retry your "
-                                   "request later.", status=500)
-            return httpx.Response(200, json={"data": [{
-                "quota_usage": 3, "config": {"quota_total": 250, "quota_duration": 86400}}]})
-        return graph_error(100, "Unsupported get request.")
-
-    def count(self, path_suffix: str) -> int:
-        return sum(1 for path, _ in self.calls if path.endswith(path_suffix))
-
-
-def config(user_id: str = "me", **api: object) -> dict:
-    return {"api": {"base_url": "http://threads.test", **api},
-            "accounts": [{"name": "brand", "user_id": user_id, "access_token": USER_TOKEN,
-                          "quotas": ["posts"]}]}
-
-
-def scrape(upstream: DevModeApi, data: dict, times: int = 1, reload: dict | None = None):
-    async def main():
-        cfg = parse_config(data, env={})
-        client = ThreadsClient(cfg.api, ApiStats(), transport=httpx.MockTransport(upstream))
-        reader = QuotaReader(client, cfg)
-        try:
-            readings = []
-            for n in range(1, times + 1):
-                readings = await reader.scrape(time.monotonic() + 5)
-                # Every cache and backoff over before the next scrape.
-                reader.clock = lambda n=n: time.monotonic() + 10_000 * n
-            if reload is not None:
-                reader.reconfigure(parse_config(reload, env={}))
-                readings = await reader.scrape(time.monotonic() + 5)
-            return readings, client.stats
-        finally:
-            await client.aclose()
-
-    return asyncio.run(main())
-
-
-def test_debug_token_refused_with_the_users_own_token_leaves_expiry_unknown() -> None:
-    upstream = DevModeApi()
-    [reading], stats = scrape(upstream, config())
-    assert reading.up and reading.token_expiry is None
-    assert stats.errors[("brand", "debug_token", "invalid_request")] == 1
+def test_containers_meta_will_not_answer_for_back_off_and_are_counted(
+        fake_graph: FakeGraph, container_config: Callable[..., Path],
+        run_exporter: Callable[..., RunningExporter]) -> None:
+    """A media id registered by mistake (code 100) and a container Meta lost after FINISHED
+    (code 24/4279009) are polled at a doubling pace and counted as unanswered; a stuck one
+    backs off the same way and stays in threads_containers_stuck."""
+    fake_graph.token(BRAND_TOKEN, healthy(1))
+    fake_graph.container("101", recorded(400, NONEXISTING_STATUS))
+    fake_graph.container("102", {"status": "FINISHED"}, recorded(400, MEDIA_NOT_FOUND))
+    fake_graph.container("103", {"status": "IN_PROGRESS"})
+    exporter = run_exporter("--config.file", str(container_config(
+        fake_graph.base_url, poll_interval_seconds=1, stuck_poll_interval_seconds=1,
+        finished_poll_interval_seconds=1, stuck_after_seconds=1,
+        max_poll_interval_seconds=8)))
+    for cid in ("101", "102", "103"):
+        r = httpx.post(exporter.url("/api/v1/containers"), headers=REGISTRATION, timeout=10,
+                       json={"account": "brand", "id": cid})
+        assert r.status_code == 201
+    began = time.monotonic()
+    while time.monotonic() - began < 13:  # scraped far more often than anything is due
+        exporter.metrics(timeout_header=2)
+        time.sleep(0.25)
+    polls = {cid: len(fake_graph.polls(cid)) for cid in ("101", "102", "103")}
+    # At a fixed one-second pace each would have had ~13 polls. Backing off: the refused
+    # one at 0, 1, 3, 7 s; the lost one after its FINISHED answer; the stuck one at 0, 1, 2,
+    # 4, 8 s (a poll or two either way for scrape timing).
+    assert 3 <= polls["101"] <= 5, polls
+    assert 3 <= polls["102"] <= 6, polls
+    assert 4 <= polls["103"] <= 6, polls
+    found = exporter.metrics(timeout_header=2)
+    assert value(found, "threads_containers_unanswered", account="brand") == 2
+    assert value(found, "threads_containers_stuck", account="brand") == 1
+    assert value(found, "threads_containers", account="brand", status="FINISHED") == 1
+    listing = {c["id"]: c for c in httpx.get(exporter.url("/api/v1/containers"),
+                                             headers=REGISTRATION, timeout=10).json()
+               ["containers"]}
+    lost = listing["102"]
+    assert lost["status"] == "FINISHED" and lost["unanswered"]
+    assert (lost["last_error_reason"], lost["last_error_code"],
+            lost["last_error_subcode"]) == ("invalid_request", 24, 4279009)
+    assert listing["101"]["last_error_code"] == 100 and listing["101"]["status"] is None
+    assert listing["101"]["next_poll_at"] is not None
+    assert not listing["103"]["unanswered"] and listing["103"]["stuck"]
 
 
 @pytest.mark.parametrize("where", ["api", "account", "file"])
-def test_an_app_access_token_gives_the_expiry(tmp_path: Path, where: str) -> None:
-    data = config()
+def test_dev_mode_apps_give_the_expiry_with_an_app_access_token(
+        fake_graph: FakeGraph, config_file: Callable[..., Path], tmp_path: Path,
+        run_exporter: Callable[..., RunningExporter], where: str) -> None:
+    fake_graph.token("tok-dev", healthy(1), expires_at=1_900_000_000)
+    fake_graph.dev_mode.add("tok-dev")
+    fake_graph.app_tokens.add(APP_TOKEN)
+    path = config_file(fake_graph.base_url, {"brand": "tok-dev"}, quotas=["posts"])
+    text = path.read_text()
     if where == "api":
-        data["api"]["app_access_token"] = APP_TOKEN
+        text = text.replace("api:\n", f"api:\n  app_access_token: '{APP_TOKEN}'\n")
     elif where == "account":
-        data["api"]["app_access_token"] = "TH|other-app|wrong"  # the account's own wins
-        data["accounts"][0]["app_access_token"] = APP_TOKEN
+        text = text.replace("  name: brand\n",
+                            f"  name: brand\n  app_access_token: '{APP_TOKEN}'\n")
     else:
         (tmp_path / "app-token").write_text(APP_TOKEN + "\n")
-        data["api"]["app_access_token_file"] = str(tmp_path / "app-token")
-    upstream = DevModeApi()
-    [reading], _ = scrape(upstream, data)
-    assert reading.token_expiry == 1900000000
-    [(_, query)] = [c for c in upstream.calls if c[0] == "/debug_token"]
-    assert query == {"input_token": USER_TOKEN, "access_token": APP_TOKEN}
-    assert APP_TOKEN in parse_config(data, env={}).secrets()  # redacted like every token
+        text = text.replace("api:\n", f"api:\n  app_access_token_file: {tmp_path / 'app-token'}\n")
+    path.write_text(text)
+    exporter = run_exporter("--config.file", str(path), "--log.level", "debug")
+    found = exporter.metrics(timeout_header=5)
+    assert value(found, "threads_token_expiry_timestamp_seconds", account="brand") == 1.9e9
+    [asked] = [r for r in fake_graph.requests() if r.endpoint == "debug_token"]
+    assert (asked.token, asked.query["input_token"]) == (APP_TOKEN, "tok-dev")
+    exporter.stop()
+    seen = exporter.proc.output() + repr(found)
+    assert APP_TOKEN not in seen and "fake-app-secret-value" not in seen and "tok-dev" not in seen
 
 
-def test_both_app_token_forms_at_once_name_the_field() -> None:
-    data = config(app_access_token=APP_TOKEN, app_access_token_file="/x")
-    with pytest.raises(ConfigError, match="api: set only one of app_access_token"):
-        parse_config(data, env={})
+def test_without_an_app_token_a_dev_mode_app_leaves_the_expiry_unknown(
+        fake_graph: FakeGraph, config_file: Callable[..., Path],
+        run_exporter: Callable[..., RunningExporter]) -> None:
+    fake_graph.token("tok-dev", healthy(1))
+    fake_graph.dev_mode.add("tok-dev")
+    exporter = run_exporter("--config.file", str(config_file(
+        fake_graph.base_url, {"brand": "tok-dev"}, quotas=["posts"])))
+    found = exporter.metrics(timeout_header=5)
+    assert value(found, "threads_up", account="brand") == 1  # untouched
+    assert value(found, "threads_token_expiry_timestamp_seconds", account="brand") is None
+    assert value(found, "threads_api_errors_total", account="brand", endpoint="debug_token",
+                 reason="invalid_request") == 1
 
 
-def test_a_user_id_that_is_not_the_tokens_user_is_a_config_error_not_an_outage(
-        caplog: pytest.LogCaptureFixture) -> None:
-    upstream = DevModeApi()
-    readings, stats = scrape(upstream, config(user_id="17841499999999999"), times=4)
-    [reading] = readings
-    assert not reading.up and reading.error_reason == "invalid_request"
-    assert "17841499999999999" in reading.error_message and TOKEN_USER in reading.error_message
-    # Verified once; no publishing-limit call with the wrong id, however many scrapes.
-    assert upstream.count("/me") == 1 and upstream.count("/threads_publishing_limit") == 0
-    assert stats.requests[("brand", "me")] == 1
-    [record] = [r for r in caplog.records if "user_id does not belong" in r.getMessage()]
-    assert (record.user_id, record.token_user_id) == ("17841499999999999", TOKEN_USER)
-    assert USER_TOKEN not in json.dumps(vars(record), default=str)
+def test_a_wrong_user_id_is_a_config_error_not_an_outage(
+        fake_graph: FakeGraph, config_file: Callable[..., Path],
+        run_exporter: Callable[..., RunningExporter]) -> None:
+    fake_graph.token("tok-brand", healthy(1))
+    fake_graph.users["tok-brand"] = TOKEN_USER
+    path = config_file(fake_graph.base_url, {"brand": "tok-brand"}, quotas=["posts"])
+    path.write_text(path.read_text().replace("  name: brand\n",
+                                             "  name: brand\n  user_id: '17841499999999999'\n"))
+    exporter = run_exporter("--config.file", str(path), "--log.format", "json",
+                            "--web.enable-lifecycle")
+    for _ in range(3):
+        found = exporter.metrics(timeout_header=5)
+    assert value(found, "threads_up", account="brand") == 0
+    assert value(found, "threads_last_error_reason", account="brand",
+                 reason="invalid_request") == 1
+    assert value(found, "threads_api_requests_total", account="brand", endpoint="me") == 1
+    assert fake_graph.calls("tok-brand", "publishing_limit") == 0  # never with the wrong id
+    [line] = [entry for entry in json_logs(exporter.proc.output())
+              if entry.get("msg", "").startswith("user_id does not belong")]
+    assert (line["account"], line["user_id"], line["token_user_id"]) == (
+        "brand", "17841499999999999", TOKEN_USER)
+    # Fixed by a reload: verified again (one more /me), then read.
+    path.write_text(path.read_text().replace("17841499999999999", TOKEN_USER))
+    assert httpx.post(exporter.url("/-/reload"), timeout=10).status_code == 200
 
+    def up() -> None:
+        assert value(exporter.metrics(timeout_header=5), "threads_up", account="brand") == 1
 
-def test_a_fixed_user_id_is_verified_again_after_reload() -> None:
-    upstream = DevModeApi()
-    [reading], _ = scrape(upstream, config(user_id="17841499999999999"),
-                          reload=config(user_id=TOKEN_USER))
-    assert reading.up and reading.quotas and reading.quotas["posts"].usage == 3
-    assert upstream.count("/me") == 2 and upstream.count("/threads_publishing_limit") == 1
-
-
-def test_me_is_not_verified_and_a_right_id_costs_one_call_once() -> None:
-    upstream = DevModeApi()
-    scrape(upstream, config(), times=3)
-    assert upstream.count("/me") == 0
-    upstream = DevModeApi()
-    [reading], _ = scrape(upstream, config(user_id=TOKEN_USER), times=3)
-    assert reading.up and upstream.count("/me") == 1
-    assert upstream.count("/threads_publishing_limit") == 3
+    eventually(up, timeout=10)
+    assert fake_graph.calls("tok-brand", "me") == 2
+    assert "tok-brand" not in exporter.proc.output()
