@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from threads_exporter.config import Account, ApiConfig, Config, ContainersConfig
-from threads_exporter.demo.simulator import DEMO_API_TOKEN, DEMO_CONTAINER_TTL, demo_accounts
+from threads_exporter.demo.simulator import (
+    DEMO_API_TOKEN,
+    DEMO_APP_TOKEN,
+    DEMO_CONTAINER_TTL,
+    demo_accounts,
+)
 
 
 def demo_config(base_url: str, state_path: str) -> Config:
@@ -12,7 +17,9 @@ def demo_config(base_url: str, state_path: str) -> Config:
     return Config(
         api=ApiConfig(base_url=base_url, timeout_seconds=2.0),
         cache_ttl_seconds=15.0,
-        accounts=tuple(Account(name, sim.user_id, sim.token) for name, sim in demo_accounts()),
+        accounts=tuple(Account(name, sim.user_id, sim.token,
+                               app_access_token=DEMO_APP_TOKEN if sim.dev_mode else None)
+                       for name, sim in demo_accounts()),
         containers=ContainersConfig(
             poll_interval_seconds=2.0, stuck_poll_interval_seconds=10.0,
             finished_poll_interval_seconds=4.0, stuck_after_seconds=20.0,

@@ -276,8 +276,9 @@ class Simulator:
 def demo_accounts() -> list[tuple[str, SimAccount]]:
     """The demo's accounts: (exporter account name, simulated account)."""
     return [
+        # An app in development mode: debug_token answers only with the app access token.
         ("brand", SimAccount("demo-token-brand", "17841400000000001", load=0.45, swing=0.2,
-                             expires_in=45 * DAY)),
+                             expires_in=45 * DAY, dev_mode=True)),
         ("agency", SimAccount("demo-token-agency", "17841400000000002", load=0.86, swing=0.1,
                               period=900, expires_in=3 * DAY)),
         ("support", SimAccount("demo-token-support", "17841400000000003", load=0.2, swing=0.15,
