@@ -155,3 +155,30 @@ def test_scrapes_do_not_each_cost_an_fsync(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert len(beats) == -(-40 // int(HEARTBEAT_EVERY)), beats
+
+
+def test_a_slow_store_is_not_reported_down(tmp_path: Path) -> None:
+    """A scrape that runs out of time reading the state file says nothing about whether the
+    file takes writes: threads_exporter_container_store_up stays 1."""
+    from threads_exporter.containers.store import Store
+    from threads_exporter.containers.tracker import ContainerTracker
+
+    config = parse_config({
+        "accounts": [{"name": "brand", "access_token": "t"}],
+        "containers": {"state_path": str(tmp_path / "s.db"), "api_token": "a"}}, env={})
+
+    async def main() -> tuple[bool, bool]:
+        client = ThreadsClient(config.api, transport=FakeGraph().transport())
+        store = Store(config.containers.state_path)
+        tracker = ContainerTracker(client, config, store)
+        try:
+            first = await tracker.scrape(time.monotonic() + 2)
+            real = store.tallies
+            store.tallies = lambda *a: (time.sleep(1.0), real(*a))[1]  # type: ignore[method-assign]
+            slow = await tracker.scrape(time.monotonic() + 0.3)
+            return first.store_ok, slow.store_ok
+        finally:
+            await tracker.aclose()
+            await client.aclose()
+
+    assert asyncio.run(main()) == (True, True)

@@ -128,8 +128,11 @@ class ContainerTracker:
             return await asyncio.wait_for(self._scrape(deadline, names),
                                           max(0.0, deadline - self.monotonic()))
         except TimeoutError:
+            # Slow is not broken: store_up says whether the file takes writes, and a scrape
+            # that ran out of time says nothing about that.
             log.warning("container state not read before the scrape deadline; reporting the "
                         "previous reading")
+            return ContainerSnapshot(store_ok=self.storage.ok, tallies=self._last.tallies)
         except StoreError:
             pass
         except Exception:  # a bug here must not cost the quota metrics their scrape
