@@ -15,7 +15,7 @@ import httpx
 from exposition import Samples, scrape, value
 from fake_graph import FakeGraph, hang, healthy
 from procs import Proc, RunningExporter, free_port, json_logs, wait_http
-from waiting import wait_for
+from waiting import eventually, wait_for
 
 # Runs the exporter with a file size limit: every write past it fails with EFBIG, as writes
 # to a full disk fail with ENOSPC. SIGXFSZ is ignored so the write fails instead of killing.
@@ -153,3 +153,27 @@ def test_full_disk_for_the_store_keeps_quota_metrics(
     finally:
         proc.stop()
     assert any(line.get("level") in ("warn", "error") and "error" in line for line in logs)
+
+
+def test_a_burst_of_sighups_is_never_lost_and_the_newest_config_wins(
+        fake_graph: FakeGraph, config_file: Callable[..., Path],
+        run_exporter: Callable[..., RunningExporter]) -> None:
+    """SIGHUPs arriving while a reload runs coalesce into one more reload: whatever the
+    timing, the config on disk after the last signal is the one applied."""
+    for name in ("a", "b", "c", "d", "e"):
+        fake_graph.token(f"tok-{name}", healthy(1))
+    path = config_file(fake_graph.base_url, {"a": "tok-a"})
+    exporter = run_exporter("--config.file", str(path))
+    names = ["a"]
+    for name in ("b", "c", "d", "e"):
+        names.append(name)
+        config_file(fake_graph.base_url, {n: f"tok-{n}" for n in names})
+        for _ in range(5):
+            exporter.send_signal(signal.SIGHUP)
+
+    def newest() -> None:
+        page = httpx.get(exporter.url("/"), timeout=5).text
+        assert all(f">{n} (" in page for n in names), page
+
+    eventually(newest, timeout=15)
+    assert exporter.stop() == 0
