@@ -93,7 +93,7 @@ def test_without_the_bearer_token_401(api: Api,
     ({"account": "brand"}, None),
     ({"id": "123"}, None),
     ({"account": 5, "id": "123"}, None),
-    (["brand", "123"], None),
+    ([], None),  # an empty batch
     (None, b"not json"),
     (None, b""),
     (None, b"\xff\xfe"),
@@ -166,3 +166,51 @@ def test_reload_adopts_new_tracked_containers(tmp_path: Path, fake_graph: FakeGr
         assert [c["id"] for c in exporter.containers()] == ["1", "2"]
     finally:
         exporter.close()
+
+
+def test_a_batch_registers_in_one_go_with_a_result_per_item(api: Api) -> None:
+    base, _, exporter = api
+    batch = [{"account": "brand", "id": str(1000 + i)} for i in range(5)]
+    batch += [{"account": "brand", "id": "1000"},  # twice in one batch: known the second time
+              {"account": "nobody", "id": "7"}, {"account": "brand", "id": "x1"}, ["brand", "8"]]
+    r = post(base, batch)
+    assert r.status_code == 200
+    statuses = [(x["account"], x["id"], x["status"]) for x in r.json()["results"]]
+    assert statuses == [("brand", str(1000 + i), 201) for i in range(5)] + [
+        ("brand", "1000", 200), ("nobody", "7", 404), ("brand", "x1", 400), (None, None, 400)]
+    assert sorted(c["id"] for c in exporter.containers()) == [str(1000 + i) for i in range(5)]
+    too_many = post(base, [{"account": "brand", "id": str(i)} for i in range(1001)])
+    assert too_many.status_code == 400 and "1000" in too_many.json()["error"]
+
+
+def test_the_listing_pages_with_a_cursor(api: Api) -> None:
+    base, _, _ = api
+    ids = [str(2000 + i) for i in range(25)]
+    assert post(base, [{"account": "brand", "id": i} for i in ids]).status_code == 200
+    seen, after, pages = [], None, 0
+    while True:
+        params = {"limit": "10", **({"after": after} if after else {})}
+        page = httpx.get(f"{base}/api/v1/containers", params=params, headers=AUTH,
+                         timeout=10).json()
+        seen += [c["id"] for c in page["containers"]]
+        pages += 1
+        after = page["next"]
+        if after is None:
+            break
+    assert (pages, sorted(seen)) == (3, ids) and len(seen) == len(set(seen))
+    for bad in ({"limit": "0"}, {"limit": "many"}, {"after": "not-a-cursor"}):
+        r = httpx.get(f"{base}/api/v1/containers", params=bad, headers=AUTH, timeout=10)
+        assert r.status_code == 400, bad
+
+
+def test_past_the_per_account_cap_registration_is_429(
+        tmp_path: Path, fake_graph: FakeGraph,
+        serve_exporter: Callable[..., tuple[Exporter, str]]) -> None:
+    fake_graph.token(TOKEN, healthy(1))
+    _, base = serve_exporter(config(tmp_path, api_token=API_TOKEN, max_tracked_per_account=3),
+                             transport=fake_graph.transport())
+    r = post(base, [{"account": "brand", "id": str(i)} for i in range(5)])
+    assert [x["status"] for x in r.json()["results"]] == [201, 201, 201, 429, 429]
+    one = post(base, {"account": "brand", "id": "9"})
+    assert one.status_code == 429 and "max_tracked_per_account" in one.json()["error"]
+    assert post(base, {"account": "brand", "id": "1"}).status_code == 200  # known: fine

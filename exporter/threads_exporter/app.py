@@ -27,7 +27,17 @@ from threads_exporter.config import Config, ConfigError, load_config
 from threads_exporter.containers.families import ContainerSnapshot, container_families
 from threads_exporter.containers.storage import open_store
 from threads_exporter.containers.store import StoreError
-from threads_exporter.containers.tracker import ContainerTracker, UnknownAccount, tracking_enabled
+from threads_exporter.containers.tracker import (
+    FULL,
+    INVALID,
+    KNOWN,
+    NEW,
+    UNKNOWN,
+    ContainerTracker,
+    TooMany,
+    UnknownAccount,
+    tracking_enabled,
+)
 from threads_exporter.graph.client import ThreadsClient
 from threads_exporter.graph.stats import ApiStats
 from threads_exporter.metrics import gauge
@@ -39,7 +49,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # What register() and containers() raise, for the HTTP front to answer (it imports no deeper).
-__all__ = ["Exporter", "Snapshot", "StoreError", "UnknownAccount"]
+__all__ = ["FULL", "INVALID", "KNOWN", "NEW", "UNKNOWN", "Exporter", "Snapshot", "StoreError",
+           "TooMany", "UnknownAccount"]
 
 
 @dataclass(frozen=True)
@@ -154,14 +165,23 @@ class Exporter:
         Raises UnknownAccount, ValueError for a bad id, StoreError for an unusable disk."""
         return await self.tracker.register(account, container_id)
 
-    async def containers_async(self, account: str | None = None) -> list[dict[str, Any]]:
-        return await self.tracker.listing(account)
+    async def register_batch_async(self, entries: list[tuple[str, str]],
+                                   ) -> list[tuple[str, dict[str, Any]]]:
+        """Track many containers in one transaction; (outcome, listing entry) for each."""
+        return await self.tracker.register_batch(entries)
+
+    async def containers_async(self, account: str | None = None, limit: int = -1,
+                               after: tuple[float, str, str] | None = None,
+                               ) -> tuple[list[dict[str, Any]], tuple[float, str, str] | None]:
+        """A page of tracked containers, oldest first, and the key of the next page."""
+        return await self.tracker.listing(account, limit, after)
 
     def register(self, account: str, container_id: str) -> tuple[bool, dict[str, Any]]:
         return self.call(self.register_async(account, container_id), timeout=30)
 
     def containers(self, account: str | None = None) -> list[dict[str, Any]]:
-        return self.call(self.containers_async(account), timeout=30)
+        """Every tracked container (for tests and the demo; HTTP clients page)."""
+        return self.call(self.containers_async(account), timeout=30)[0]
 
     # --- config ---
 

@@ -66,6 +66,9 @@ class ContainersConfig:
     expire_after_seconds: float = 24 * 3600.0
     # The slowest pace of the backoff for stuck and refused containers.
     max_poll_interval_seconds: float = 3600.0
+    # Containers still polled per account: a runaway pipeline must not spend the account's
+    # whole call budget on polls.
+    max_tracked_per_account: int = 10_000
     state_path: str = "threads-exporter.db"
     api_token: str | None = field(default=None, repr=False)
     track: tuple[TrackedContainer, ...] = ()
@@ -346,6 +349,9 @@ def _containers(f: _Fields, accounts: dict[str, Account]) -> ContainersConfig:
         * 3600,
         max_poll_interval_seconds=f.number(
             "max_poll_interval_seconds", d.max_poll_interval_seconds, minimum=1
+        ),
+        max_tracked_per_account=f.number(
+            "max_tracked_per_account", d.max_tracked_per_account, minimum=1, integer=True
         ),
         state_path=f.string("state_path", d.state_path),
         api_token=api_token,

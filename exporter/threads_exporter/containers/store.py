@@ -256,6 +256,30 @@ class Store:
                 new.append(cur.rowcount == 1)
         return new
 
+    def register_many(self, entries: Sequence[tuple[str, str]], now: float,
+                      max_active: int) -> list[str]:
+        """Track (account, id) pairs in one transaction, each "new", "known" or "full": an
+        account may have at most max_active containers still polled."""
+        results = []
+        with self._tx() as db:
+            active: dict[str, int] = {}
+            for account, cid in entries:
+                if account not in active:
+                    active[account] = db.execute(
+                        "SELECT COUNT(*) FROM containers WHERE account = ? AND "
+                        "next_poll_at IS NOT NULL", (account,)).fetchone()[0]
+                if db.execute("SELECT 1 FROM containers WHERE account = ? AND id = ?",
+                              (account, cid)).fetchone():
+                    results.append("known")
+                elif active[account] >= max_active:
+                    results.append("full")
+                else:
+                    db.execute("INSERT INTO containers (account, id, registered_at, "
+                               "next_poll_at) VALUES (?, ?, ?, ?)", (account, cid, now, now))
+                    active[account] += 1
+                    results.append("new")
+        return results
+
     def apply(self, changes: Iterable[Change]) -> int:
         """Apply changes whose row is unchanged since it was read; returns how many applied."""
         applied = 0
@@ -310,10 +334,21 @@ class Store:
                           "WHERE account = ? AND id = ?", [account, cid])
         return _row(rows[0]) if rows else None
 
-    def listing(self, account: str | None = None) -> list[Row]:
-        where, args = ("WHERE account = ?", [account]) if account is not None else ("", [])
+    def listing(self, account: str | None = None, limit: int = -1,
+                after: tuple[float, str, str] | None = None) -> list[Row]:
+        """Containers oldest first, at most `limit` (-1: all), after a (registered_at,
+        account, id) key: a keyset page, as fast at the 100th page as at the first."""
+        conditions: list[str] = []
+        args: list[object] = []
+        if account is not None:
+            conditions.append("account = ?")
+            args.append(account)
+        if after is not None:
+            conditions.append("(registered_at, account, id) > (?, ?, ?)")
+            args.extend(after)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         rows = self._read(f"SELECT {', '.join(_COLUMNS)} FROM containers {where} "
-                          "ORDER BY registered_at, account, id", args)
+                          "ORDER BY registered_at, account, id LIMIT ?", [*args, limit])
         return [_row(r) for r in rows]
 
     def tallies(self, now: float, stuck_before: float) -> Tallies:

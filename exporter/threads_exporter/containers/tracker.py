@@ -18,7 +18,7 @@ from threads_exporter.containers.listing import describe
 from threads_exporter.containers.policy import Policy, expired
 from threads_exporter.containers.scheduler import Scheduler
 from threads_exporter.containers.storage import Storage
-from threads_exporter.containers.store import Store, StoreError
+from threads_exporter.containers.store import Row, Store, StoreError
 from threads_exporter.graph.client import ThreadsClient
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,19 @@ HEARTBEAT_EVERY = 15.0
 
 class UnknownAccount(LookupError):
     """No configured account of that name."""
+
+
+class TooMany(Exception):
+    """The account tracks containers.max_tracked_per_account containers still polled."""
+
+    def __init__(self, account: str, cap: int):
+        super().__init__(f"the account already tracks {cap} containers that are still polled "
+                         "(containers.max_tracked_per_account); wait for some to finish or "
+                         "expire, or raise the limit")
+
+
+# What registering one container did.
+NEW, KNOWN, FULL, UNKNOWN, INVALID = "new", "known", "full", "unknown", "invalid"
 
 
 def tracking_enabled(c: ContainersConfig) -> bool:
@@ -79,19 +92,50 @@ class ContainerTracker:
     # --- registration and listing ---
 
     async def register(self, account: str, container_id: str) -> tuple[bool, dict[str, Any]]:
-        """Track a container; (True if new, its listing entry). Committed before returning."""
-        if self.config.account(account) is None:
+        """Track a container; (True if new, its listing entry). Committed before returning.
+        Raises UnknownAccount, ValueError for a bad id, TooMany past the account's cap."""
+        [(status, entry)] = await self.register_batch([(account, container_id)])
+        if status == UNKNOWN:
             raise UnknownAccount(account)
-        if not valid_container_id(container_id):
+        if status == FULL:
+            raise TooMany(account, self.config.containers.max_tracked_per_account)
+        if status == INVALID:
             raise ValueError("a container id is a string of digits")
+        return status == NEW, entry
+
+    async def register_batch(self, entries: Sequence[tuple[str, str]],
+                             ) -> list[tuple[str, dict[str, Any]]]:
+        """Track many containers in one transaction: (NEW, KNOWN, FULL, UNKNOWN or INVALID,
+        the listing entry of a tracked one) for each, in order."""
+        results: list[tuple[str, dict[str, Any]]] = [("", {})] * len(entries)
+        valid: list[int] = []
+        for i, (account, cid) in enumerate(entries):
+            if self.config.account(account) is None:
+                results[i] = (UNKNOWN, {})
+            elif not valid_container_id(cid):
+                results[i] = (INVALID, {})
+            else:
+                valid.append(i)
+        if not valid:
+            return results
         now = self.clock()
         store = self.storage.require()
-        (new,) = await self.storage.run(store.register, account, [container_id], now)
-        row = await self.storage.run(store.get, account, container_id)
+        pairs = [entries[i] for i in valid]
+        cap = self.config.containers.max_tracked_per_account
+
+        def register() -> list[tuple[str, Row | None]]:
+            statuses = store.register_many(pairs, now, cap)
+            return [(st, store.get(a, c) if st != FULL else None)
+                    for st, (a, c) in zip(statuses, pairs, strict=True)]
+
+        done = await self.storage.run(register)
         self.storage.recovered()
-        if new:
-            log.info("container registered", extra={"account": account, "id": container_id})
-        return new, describe(row, now, self.policy) if row else {}
+        for i, (status, row) in zip(valid, done, strict=True):
+            results[i] = (status, describe(row, now, self.policy) if row else {})
+            if status == NEW:
+                log.info("container registered", extra={"account": entries[i][0],
+                                                        "id": entries[i][1]})
+        return results
 
     async def track(self, entries: Iterable[TrackedContainer]) -> int:
         """Register the config's containers in one transaction; returns how many were new."""
@@ -111,10 +155,19 @@ class ContainerTracker:
         except StoreError:
             return 0
 
-    async def listing(self, account: str | None = None) -> list[dict[str, Any]]:
-        rows = await self.storage.run(self.storage.require().listing, account)
+    async def listing(self, account: str | None = None, limit: int = -1,
+                      after: tuple[float, str, str] | None = None,
+                      ) -> tuple[list[dict[str, Any]], tuple[float, str, str] | None]:
+        """A page of the listing, oldest first, and the key to ask for the next (None: the
+        last page)."""
+        rows = await self.storage.run(self.storage.require().listing, account,
+                                      -1 if limit < 0 else limit + 1, after)
+        more = 0 <= limit < len(rows)
+        rows = rows[:limit] if more else rows
         now = self.clock()
-        return [describe(r, now, self.policy) for r in rows]
+        last = rows[-1] if more else None
+        return ([describe(r, now, self.policy) for r in rows],
+                (last.registered_at, last.account, last.id) if last else None)
 
     # --- scraping ---
 

@@ -7,6 +7,7 @@ beyond a configured account name: an error page must not become an oracle or an 
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import hmac
 import html
@@ -21,7 +22,15 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from threads_exporter import __version__
-from threads_exporter.app import Exporter, StoreError, UnknownAccount
+from threads_exporter.app import (
+    FULL,
+    INVALID,
+    KNOWN,
+    NEW,
+    UNKNOWN,
+    Exporter,
+    StoreError,
+)
 from threads_exporter.config import valid_container_id
 from threads_exporter.redact import REDACT, shown
 
@@ -32,6 +41,9 @@ CONTAINERS_PATH = "/api/v1/containers"
 DEFAULT_SCRAPE_TIMEOUT = 10.0  # Prometheus' default scrape_timeout
 MAX_SCRAPE_TIMEOUT = 300.0
 STORE_RETRY_AFTER = "5"  # seconds, for a registration the state file could not take
+PAGE_SIZE = 1000  # containers in a listing page unless ?limit= says otherwise
+MAX_PAGE_SIZE = 10_000
+MAX_BATCH = 1000  # registrations in one POST
 
 
 class Request:
@@ -203,19 +215,46 @@ def _store_unavailable(message: str) -> web.Response:
                          {"Retry-After": STORE_RETRY_AFTER})
 
 
+def _cursor(key: tuple[float, str, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
+
+
+def _key(cursor: str) -> tuple[float, str, str] | None:
+    try:
+        t, account, cid = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError):
+        return None
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not isinstance(account, str) \
+            or not isinstance(cid, str):
+        return None
+    return float(t), account, cid
+
+
 async def list_containers(request: Request) -> web.StreamResponse:
     refusal = _api_refusal(request)
     if refusal is not None:
         return refusal
-    accounts = request.query("account")
+    accounts, limits, afters = (request.query(n) for n in ("account", "limit", "after"))
+    limit = PAGE_SIZE
+    if limits:
+        if not limits[-1].isdigit() or not 1 <= int(limits[-1]) <= MAX_PAGE_SIZE:
+            return json_response(HTTPStatus.BAD_REQUEST, {
+                "error": f"limit: a whole number from 1 to {MAX_PAGE_SIZE}"})
+        limit = int(limits[-1])
+    after = _key(afters[-1]) if afters else None
+    if afters and after is None:
+        return json_response(HTTPStatus.BAD_REQUEST, {
+            "error": "after: not a cursor this exporter gave (use the previous page's next)"})
     try:
         async with asyncio.timeout(request.server.limits.body_timeout):
-            listing = await request.exporter.containers_async(accounts[-1] if accounts else None)
+            listing, more = await request.exporter.containers_async(
+                accounts[-1] if accounts else None, limit, after)
     except StoreError as e:
         return _store_unavailable(str(e))
     except TimeoutError:
         return _store_unavailable("the container state file did not answer in time")
-    return json_response(HTTPStatus.OK, {"containers": listing})
+    return json_response(HTTPStatus.OK, {"containers": listing,
+                                         "next": _cursor(more) if more else None})
 
 
 async def read_body(request: Request) -> bytes | web.Response:
@@ -257,30 +296,91 @@ async def register_container(request: Request) -> web.StreamResponse:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: RecursionError
         payload = None
+    if isinstance(payload, list):
+        return await _register_many(request, payload)
     if not isinstance(payload, dict):
         return json_response(HTTPStatus.BAD_REQUEST, {
-            "error": 'expected a JSON object {"account": NAME, "id": CONTAINER_ID}'})
-    account, cid = payload.get("account"), payload.get("id")
-    if not isinstance(account, str) or not account:
-        return json_response(HTTPStatus.BAD_REQUEST, {
-            "error": "account: a configured account name (a string) is required"})
-    if not isinstance(cid, str) or not valid_container_id(cid):
-        return json_response(HTTPStatus.BAD_REQUEST, {
-            "error": "id: a container id is a string of digits"})
+            "error": 'expected a JSON object {"account": NAME, "id": CONTAINER_ID}, or an '
+                     f"array of at most {MAX_BATCH} of them"})
+    problem = _entry_problem(payload)
+    if problem is not None:
+        return json_response(HTTPStatus.BAD_REQUEST, {"error": problem})
+    account, cid = payload["account"], payload["id"]
     misdirected = request.exporter.config.misdirected(account)
     if misdirected is not None:
         return json_response(HTTPStatus.MISDIRECTED_REQUEST, {"error": misdirected})
     try:
         async with asyncio.timeout(request.server.limits.body_timeout):
-            new, entry = await request.exporter.register_async(account, cid)
-    except UnknownAccount:
-        return json_response(HTTPStatus.NOT_FOUND,
-                             {"error": f"account: no configured account named {shown(account)}"})
+            [(outcome, entry)] = await request.exporter.register_batch_async([(account, cid)])
     except StoreError as e:
         return _store_unavailable(str(e))
     except TimeoutError:
         return _store_unavailable("the container state file did not answer in time")
-    return json_response(HTTPStatus.CREATED if new else HTTPStatus.OK, entry)
+    status, error = _OUTCOMES[outcome]
+    if error is not None:
+        return json_response(status, {"error": error.format(account=shown(account))})
+    return json_response(status, entry)
+
+
+def _entry_problem(item: Any) -> str | None:
+    if not isinstance(item, dict):
+        return 'expected {"account": NAME, "id": CONTAINER_ID}'
+    account, cid = item.get("account"), item.get("id")
+    if not isinstance(account, str) or not account:
+        return "account: a configured account name (a string) is required"
+    if not isinstance(cid, str) or not valid_container_id(cid):
+        return "id: a container id is a string of digits"
+    return None
+
+
+# Outcome of one registration -> (HTTP status, error text or None for the listing entry).
+_OUTCOMES: dict[str, tuple[int, str | None]] = {
+    NEW: (HTTPStatus.CREATED, None),
+    KNOWN: (HTTPStatus.OK, None),
+    UNKNOWN: (HTTPStatus.NOT_FOUND, "account: no configured account named {account}"),
+    INVALID: (HTTPStatus.BAD_REQUEST, "id: a container id is a string of digits"),
+    FULL: (HTTPStatus.TOO_MANY_REQUESTS, "the account already tracks "
+           "containers.max_tracked_per_account containers that are still polled; wait for "
+           "some to finish or expire, or raise the limit"),
+}
+
+
+async def _register_many(request: Request, items: list[Any]) -> web.StreamResponse:
+    """A batch: 200 with one result per item, in order; the valid ones in one transaction."""
+    if not 1 <= len(items) <= MAX_BATCH:
+        return json_response(HTTPStatus.BAD_REQUEST, {
+            "error": f"a batch holds 1 to {MAX_BATCH} registrations"})
+    results: list[dict[str, Any]] = []
+    todo: list[tuple[int, str, str]] = []
+    config = request.exporter.config
+    for i, item in enumerate(items):
+        problem = _entry_problem(item)
+        account = item.get("account") if isinstance(item, dict) else None
+        cid = item.get("id") if isinstance(item, dict) else None
+        result: dict[str, Any] = {"account": account if isinstance(account, str) else None,
+                                  "id": cid if isinstance(cid, str) else None}
+        if problem is not None or not isinstance(account, str) or not isinstance(cid, str):
+            result.update(status=HTTPStatus.BAD_REQUEST, error=problem)
+        elif (misdirected := config.misdirected(account)) is not None:
+            result.update(status=HTTPStatus.MISDIRECTED_REQUEST, error=misdirected)
+        else:
+            todo.append((i, account, cid))
+        results.append(result)
+    if todo:
+        try:
+            async with asyncio.timeout(request.server.limits.body_timeout):
+                done = await request.exporter.register_batch_async(
+                    [(a, c) for _, a, c in todo])
+        except StoreError as e:
+            return _store_unavailable(str(e))
+        except TimeoutError:
+            return _store_unavailable("the container state file did not answer in time")
+        for (i, account, _), (outcome, _) in zip(todo, done, strict=True):
+            status, error = _OUTCOMES[outcome]
+            results[i]["status"] = status
+            if error is not None:
+                results[i]["error"] = error.format(account=shown(account))
+    return json_response(HTTPStatus.OK, {"results": results})
 
 
 def route_table(telemetry_path: str) -> dict[str, dict[str, Route]]:
