@@ -235,8 +235,21 @@ def _draw(ax: Any, p: dict[str, Any], prom: Prometheus, values: dict[str, str], 
                 ys = [float(v) for _, v in s["values"]]
                 series.append((legend(t.get("legendFormat", ""), s["metric"]), xs, ys))
         factor, label = _scale(unit, [y for _, _, ys in series for y in ys])
-        for name, xs, ys in series[:16]:
-            ax.plot(xs, [y * factor for y in ys], linewidth=1, label=name)
+        if p["fieldConfig"]["defaults"].get("custom", {}).get("drawStyle") == "bars":
+            # Stacked bars, one per interval, as Grafana draws them; all-zero series left out.
+            bottom: dict[datetime, float] = {}
+            for name, xs, ys in series:
+                if not any(ys):
+                    continue
+                base = [bottom.get(x, 0.0) for x in xs]
+                ax.bar(xs, [y * factor for y in ys], width=step / 86400 * 0.9, bottom=base,
+                       label=name, align="edge")
+                for x, b, y in zip(xs, base, ys, strict=True):
+                    bottom[x] = b + y * factor
+            ax.set_xlim(datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC))
+        else:
+            for name, xs, ys in series[:16]:
+                ax.plot(xs, [y * factor for y in ys], linewidth=1, label=name)
         for th in thresholds:
             ax.axhline(th * factor, linestyle="--", color="grey", linewidth=0.8)
         fmt = "%H:%M:%S" if end - start < 3 * 3600 else "%H:%M"

@@ -122,7 +122,7 @@ def write_config(path: Path, base_url: str, state_path: Path, n: int = ACCOUNTS)
     config = {
         "api": {"base_url": base_url, "timeout_seconds": 5, "max_concurrency": 32},
         "cache_ttl_seconds": 15,
-        "token_check_interval_seconds": 30,
+        "token_check_interval_seconds": 60,
         "accounts": [{"name": a.name, "user_id": a.sim.user_id, "access_token": a.sim.token}
                      for a in fleet(n)],
         # Container times compressed as the demo's (threads_exporter.demo.config).

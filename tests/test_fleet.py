@@ -60,7 +60,7 @@ def test_headline_counts_are_the_fleets_truth(running: fleet.Fleet) -> None:
                 _headline(prom, "Tokens ≤ 7 d or invalid"))
 
     # Each failing account fails at its first reading, debug_token answers within its
-    # check interval (30 s); on a loaded machine a healthy account may time out once and
+    # check interval (60 s); on a loaded machine a healthy account may time out once and
     # recover at its next reading.
     wait_for(counts, until=lambda c: c == (len(ACCOUNTS), failing, tokens), timeout=120,
              interval=1, what="the headline counts")
@@ -127,6 +127,11 @@ def _failures_at(prom: render.Prometheus, at: float) -> float:
     return float(got[0]["value"][1]) if got else 0.0
 
 
+def _last_scrape(prom: render.Prometheus, at: float) -> float:
+    (sample,) = prom.instant('timestamp(up{job="threads-exporter"})', at=at)
+    return float(sample["value"][1])
+
+
 def test_failures_bar_chart_adds_up_to_the_new_failures(running: fleet.Fleet) -> None:
     """The bars of 'Container failures per interval by error_message' over a range, at
     Grafana's step ($__interval), add up to the containers that failed in that range
@@ -139,10 +144,10 @@ def test_failures_bar_chart_adds_up_to_the_new_failures(running: fleet.Fleet) ->
     # Enough failures in the range for 10 % to mean something: the publisher makes four
     # containers a second, a quarter of them fail.
     wait_for(lambda: _failures_at(prom, time.time()) - _failures_at(prom, start),
-             until=lambda n: n >= 40, timeout=90, interval=2, what="40 new failures")
+             until=lambda n: n >= 30, timeout=90, interval=2, what="30 new failures")
     end = time.time() - 2 * SCRAPE
     step = 5.0
-    start = end - step * ((end - start - SCRAPE) // step)  # a whole number of bars
+    start = end - 10 * ((end - start - SCRAPE) // 10)  # whole bars of 5 s and of 2 s
 
     def bars(expr: str, step: float) -> float:
         rows = prom.range(expr, start + step, end, step)
@@ -156,12 +161,16 @@ def test_failures_bar_chart_adds_up_to_the_new_failures(running: fleet.Fleet) ->
                SCRAPE)
     listing = httpx.get(running.exporter_url + "/api/v1/containers", timeout=30,
                         headers={"Authorization": f"Bearer {fleet.API_TOKEN}"}).json()
+    # The exporter polls during a scrape: a failure found by the scrape at `ts` finishes
+    # within that scrape and is in its sample. The range's first and last samples are the
+    # scrapes at or before `start` and `end`.
+    lo, hi = (_last_scrape(prom, t) + SCRAPE / 2 for t in (start, end))
     truth = sum(1 for c in listing["containers"]
                 if c["status"] == "ERROR" and c["finished_at"]
-                and start < datetime.fromisoformat(c["finished_at"]).timestamp() <= end)
+                and lo < datetime.fromisoformat(c["finished_at"]).timestamp() <= hi)
     print(f"\nfailures {start:.0f}..{end:.0f}: listing {truth}, bars at {step:g}s {new:.0f}, "
           f"at {SCRAPE:g}s {fine:.0f}, old increase[$__rate_interval] {old:.1f}")
-    assert truth >= 30
+    assert truth >= 20
     assert abs(new - truth) <= 0.1 * truth, (new, truth)
     assert abs(fine - truth) <= 0.1 * truth, (fine, truth)
     assert old > 2.5 * truth, "the old chart counted each failure several times"
