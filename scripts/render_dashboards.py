@@ -147,6 +147,12 @@ def render(dash: dict[str, Any], prom: Prometheus, out: Path, range_seconds: flo
     import matplotlib.pyplot as plt
 
     values = all_values(dash)
+    for v in dash["templating"]["list"]:
+        if v["type"] == "query" and not v.get("includeAll"):
+            # A single-value variable without All: Grafana starts on its first value.
+            selector, label = label_values_query(v["query"])
+            found = prom.label_values(label, substitute(selector, values) if selector else None)
+            values[v["name"]] = re.escape(sorted(found)[0]) if found else ".+"
     end = time.time()
     start = end - range_seconds
     step = max(range_seconds / 240, 1.0)
@@ -158,7 +164,9 @@ def render(dash: dict[str, Any], prom: Prometheus, out: Path, range_seconds: flo
     fig = plt.figure(figsize=(width, height), dpi=80)
     span = (f"{range_seconds / 3600:g} h" if range_seconds >= 7200
             else f"{range_seconds / 60:g} min")
-    fig.suptitle(f"{dash['title']} (last {span}, variables = All)",
+    chosen = ", ".join(f"{k} = {v}" for k, v in values.items()
+                       if k != "datasource" and v != ".+") or "variables = All"
+    fig.suptitle(f"{dash['title']} (last {span}, {chosen})",
                  fontsize=16, y=1 - 0.15 / height)
     for p in items:
         g = p["gridPos"]
