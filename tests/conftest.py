@@ -4,6 +4,7 @@ exposition.py and waiting.py."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from fake_graph import FakeGraph
 from procs import (
+    REPO,
     PrometheusServer,
     RunningExporter,
     exporter,
@@ -24,6 +26,11 @@ from procs import (
 from threads_exporter.app import Exporter
 from threads_exporter.config import Config
 from threads_exporter.web.server import ExporterHTTPServer
+
+# The monitoring bundle's generator (monitoring/) is imported by the rule, dashboard, mixin
+# and deploy tests.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from monitoring.config import CONFIG
 from procs import REPO, exporter_cmd
 from threads_exporter.config import load_config
 
@@ -25,8 +26,10 @@ K8S = REPO / "deploy" / "kubernetes"
 RULES = REPO / "prometheus" / "rules.yml"
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed")
-# The bundled alerts select scrape jobs by this (see prometheus/rules.yml).
-RULES_JOB_REGEX = ".*threads.*"
+# The bundled alerts select the scrape jobs named in threadsSelector (monitoring/config.py).
+_JOBS = re.fullmatch(r'job=~"(.+)"', CONFIG["threadsSelector"])
+assert _JOBS, CONFIG["threadsSelector"]
+RULES_JOB_REGEX = _JOBS.group(1)
 
 
 def tool(name: str, package: str) -> str:
@@ -306,7 +309,7 @@ def test_prometheus_rule_carries_the_bundled_rules(manifests: list[dict[str, Any
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     assert set(rule["spec"]) == {"groups"}
     assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
-    r = run(sys.executable, str(K8S / "generate_prometheusrule.py"), "--check", check=False)
+    r = run(sys.executable, str(REPO / "monitoring" / "generate.py"), "--check", check=False)
     assert r.returncode == 0, r.stderr
 
 
