@@ -159,8 +159,15 @@ def test_failures_bar_chart_adds_up_to_the_new_failures(running: fleet.Fleet) ->
     fine = bars(render.substitute(target["expr"], ALL, interval=f"{SCRAPE:g}s"), SCRAPE)
     old = bars('sum by (error_message) (increase(threads_container_errors_total[8s]))',
                SCRAPE)
-    listing = httpx.get(running.exporter_url + "/api/v1/containers", timeout=30,
-                        headers={"Authorization": f"Bearer {fleet.API_TOKEN}"}).json()
+    listing = {"containers": []}
+    after = None
+    while True:  # the listing comes a page at a time
+        page = httpx.get(running.exporter_url + "/api/v1/containers", timeout=30,
+                         params={"limit": "10000", **({"after": after} if after else {})},
+                         headers={"Authorization": f"Bearer {fleet.API_TOKEN}"}).json()
+        listing["containers"] += page["containers"]
+        if (after := page["next"]) is None:
+            break
     # The exporter polls during a scrape: a failure found by the scrape at `ts` finishes
     # within that scrape and is in its sample. The range's first and last samples are the
     # scrapes at or before `start` and `end`.
