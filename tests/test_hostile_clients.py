@@ -269,13 +269,13 @@ def frozen_store(tmp_path: Path, fake_graph: FakeGraph) -> Iterator[tuple[str, t
                                 limits=Limits(body_timeout=1.0))
     store = exporter.tracker.storage.require()
     thaw = threading.Event()
-    real_register = store.register
+    real_register = store.register_many
 
-    def hung(*args: object) -> list[bool]:
+    def hung(*args: object) -> list[str]:
         thaw.wait(30)
         return real_register(*args)  # type: ignore[arg-type]
 
-    store.register = hung  # type: ignore[method-assign]
+    store.register_many = hung  # type: ignore[method-assign]
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", thaw
     finally:
