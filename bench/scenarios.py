@@ -405,7 +405,8 @@ def failing_scenarios(ctx: Context, scale: Scale) -> list[Row]:
         worst = max(s.seconds for s in scrapes)
         rows.append(Row(scale.label, f"{a:,} accounts failing at once ({how}): scrapes past "
                         f"their {scale.scrape_timeout:g} s deadline",
-                        f"{late} of {len(scrapes)} late (longest {worst:.2f} s, "
+                        f"{late} of {len(scrapes)} late (first {scrapes[0].seconds:.2f} s, "
+                        f"longest {worst:.2f} s, "
                         f"{w['graph_calls']:,} calls, exporter CPU {cpu:.1f} s = "
                         f"{cpu / w['seconds']:.0%} of a core, {up} up)",
                         f"deadline {scale.scrape_timeout:g} s", worst / scale.scrape_timeout,
