@@ -210,6 +210,26 @@ def load_average() -> str:
 # --- RESULTS.md ----------------------------------------------------------------------------
 
 
+def shown_command(script: str, argv: list[str]) -> str:
+    """The command line as typed: without where results went, nor what the outer run added."""
+    out: list[str] = []
+    inner = "--venv-info" in argv
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        i += 1
+        if a in ("--venv-info", "--json"):
+            i += 1  # and its value
+        elif a == "--results":
+            if i < len(argv) and not argv[i].startswith("-"):
+                i += 1  # its optional value
+        elif a.startswith(("--results=", "--json=")) or (a == "--no-venv" and inner):
+            continue
+        else:
+            out.append(a)
+    return " ".join([f"python bench/{script}", *out])
+
+
 def write_section(path: Path, name: str, text: str) -> None:
     """Replace (or append) the generated section `name` of a Markdown file; what is outside
     the markers is left as written."""
@@ -223,6 +243,11 @@ def write_section(path: Path, name: str, text: str) -> None:
     else:
         new = old.rstrip() + "\n\n" + block + "\n"
     path.write_text(new)
+
+
+def as_list(header: str) -> str:
+    """A report's header lines as a Markdown list (plain lines would run into one)."""
+    return "\n".join(f"- {line}" for line in header.splitlines())
 
 
 def dump(path: Path | None, payload: object) -> None:

@@ -2,8 +2,8 @@
 double (bench/double.py) with injected latency; every number against its physical floor or
 a baseline measured in the same run.
 
-    python bench/run.py                    # fresh venv; 100 and 1,000 accounts (~4 min)
-    python bench/run.py --full             # also 10,000 accounts / 100,000 containers
+    python bench/run.py                    # fresh venv; 100 and 1,000 accounts (~3.5 min)
+    python bench/run.py --full             # also 10,000 accounts / 100,000 containers (~8 min)
     python bench/run.py --quick --no-venv  # a smoke run with this interpreter (< 30 s)
     python bench/run.py --full --results   # also write the table into bench/RESULTS.md
 
@@ -36,11 +36,13 @@ from pathlib import Path
 from common import (
     BENCH,
     Venv,
+    as_list,
     current_freeze,
     dump,
     key_versions,
     load_average,
     machine,
+    shown_command,
     start_double,
     versions_line,
     write_section,
@@ -78,26 +80,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown or not args.scale_names:
         p.error(f"--scales: unknown {', '.join(sorted(unknown)) or 'none given'}")
     return args
-
-
-def shown_command(argv: list[str]) -> str:
-    """The command line as typed: without where results went, nor what the outer run added."""
-    out: list[str] = []
-    inner = "--venv-info" in argv
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        i += 1
-        if a in ("--venv-info", "--json"):
-            i += 1  # and its value
-        elif a == "--results":
-            if i < len(argv) and not argv[i].startswith("-"):
-                i += 1  # its optional value
-        elif a.startswith(("--results=", "--json=")) or (a == "--no-venv" and inner):
-            continue
-        else:
-            out.append(a)
-    return " ".join(["python bench/run.py", *out])
 
 
 def in_fresh_venv(argv: list[str], args: argparse.Namespace) -> int:
@@ -193,10 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     took = time.monotonic() - started
     footer = (f"Run took {took:.0f} s ({', '.join(timings)}); load average at end: "
               f"{load_average()}.")
-    report = f"{header}\n\n{table(rows)}\n\n{footer}\n"
+    report = f"{as_list(header)}\n\n{table(rows)}\n\n{footer}\n"
     print(f"\n{table(rows)}\n\n{footer}")
     if args.results:
-        write_section(args.results, "run.py", f"`{shown_command(argv)}`\n\n{report}"
+        write_section(args.results, "run.py", f"`{shown_command('run.py', argv)}`\n\n{report}"
                       f"\nResolved versions (pip freeze):\n\n```\n{chr(10).join(freeze)}\n```")
     dump(args.json, {"header": header, "footer": footer, "rows": [r.__dict__ for r in rows]})
     return 0
