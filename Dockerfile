@@ -19,7 +19,7 @@ RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
  && /opt/venv/bin/threads-exporter --version
 
 FROM python:3.12.11-slim-bookworm
-ARG VERSION=0.1.0
+ARG VERSION=0.2.0
 LABEL org.opencontainers.image.title="threads-exporter" \
       org.opencontainers.image.description="Prometheus exporter for Meta's Threads API: publishing quotas and media container states" \
       org.opencontainers.image.version="${VERSION}" \

@@ -1,3 +1,3 @@
 """Prometheus exporter for Meta's Threads API."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -151,7 +151,8 @@ def run(args: argparse.Namespace, simulator: SimulatorServer | None,
 
     host, port = str(server.server_address[0]), server.server_address[1]
     scheme = "https" if web is not None and web.ssl_context is not None else "http"
-    log.info("listening", extra={"address": f"{scheme}://{host}:{port}",
+    shown_host = f"[{host}]" if ":" in host else host  # an IPv6 address, as in a URL
+    log.info("listening", extra={"address": f"{scheme}://{shown_host}:{port}",
                                  "accounts": len(config.accounts), "version": __version__})
     publisher = None
     if simulator is not None:
