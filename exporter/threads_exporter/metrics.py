@@ -7,8 +7,8 @@ spells a metric's name, type, help or labels.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 from prometheus_client.core import (
@@ -53,11 +53,6 @@ class Spec:
     labels: tuple[str, ...] = ()
     section: str = "quotas"  # the README groups the table by this
     buckets: tuple[float, ...] = ()
-    values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "values",
-                           {lbl: LABEL_VALUES[lbl] for lbl in self.labels if lbl in LABEL_VALUES})
 
     @property
     def family_name(self) -> str:
@@ -130,10 +125,6 @@ SECTIONS = {
     "exporter": "The exporter itself (plus the standard `process_*` and `python_*` "
                 "metrics of prometheus_client)",
 }
-
-
-def spec(name: str) -> Spec:
-    return BY_NAME[name]
 
 
 def _of(name: str, kind: Kind) -> Spec:

@@ -22,7 +22,6 @@ from threads_exporter.metrics import (
     histogram,
     histogram_buckets,
 )
-from threads_exporter.metrics import spec as metric_spec
 
 _PROCESSING_LABELS = [le for le, _ in histogram_buckets(PROCESSING_BUCKETS,
                                                         [0] * (len(PROCESSING_BUCKETS) + 1))]
@@ -52,7 +51,7 @@ def container_families(snapshot: ContainerSnapshot, accounts: Sequence[str]) -> 
     backlog = gauge("threads_containers_poll_backlog")
     unanswered = gauge("threads_containers_unanswered")
     processing = histogram("threads_container_processing_seconds")
-    statuses = metric_spec("threads_containers").values["status"]
+    statuses = LABEL_VALUES["status"]
     c = t.counters
     for a in accounts:
         for s in statuses:

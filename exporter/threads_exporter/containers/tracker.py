@@ -74,10 +74,6 @@ class ContainerTracker:
     def store(self) -> Store | None:
         return self.storage.store
 
-    @property
-    def store_ok(self) -> bool:
-        return self.storage.ok
-
     def reconfigure(self, config: Config) -> None:
         self.config = config
         self.policy = Policy.from_config(config.containers)

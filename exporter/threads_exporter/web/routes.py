@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
@@ -37,6 +37,7 @@ from threads_exporter.redact import REDACT, shown
 if TYPE_CHECKING:
     from threads_exporter.web.server import HttpServer
 
+T = TypeVar("T")
 CONTAINERS_PATH = "/api/v1/containers"
 DEFAULT_SCRAPE_TIMEOUT = 10.0  # Prometheus' default scrape_timeout
 MAX_SCRAPE_TIMEOUT = 300.0
@@ -210,7 +211,16 @@ def _api_refusal(request: Request) -> web.Response | None:
     return None
 
 
-def _store_unavailable(message: str) -> web.Response:
+async def _from_store(request: Request, work: Awaitable[T]) -> T | web.Response:
+    """What a store call gives, or 503 with Retry-After when the state file fails or does
+    not answer within the request deadline (a hung disk)."""
+    try:
+        async with asyncio.timeout(request.server.limits.body_timeout):
+            return await work
+    except StoreError as e:
+        message = str(e)
+    except TimeoutError:
+        message = "the container state file did not answer in time"
     return json_response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": message},
                          {"Retry-After": STORE_RETRY_AFTER})
 
@@ -245,14 +255,11 @@ async def list_containers(request: Request) -> web.StreamResponse:
     if afters and after is None:
         return json_response(HTTPStatus.BAD_REQUEST, {
             "error": "after: not a cursor this exporter gave (use the previous page's next)"})
-    try:
-        async with asyncio.timeout(request.server.limits.body_timeout):
-            listing, more = await request.exporter.containers_async(
-                accounts[-1] if accounts else None, limit, after)
-    except StoreError as e:
-        return _store_unavailable(str(e))
-    except TimeoutError:
-        return _store_unavailable("the container state file did not answer in time")
+    page = await _from_store(request, request.exporter.containers_async(
+        accounts[-1] if accounts else None, limit, after))
+    if isinstance(page, web.Response):
+        return page
+    listing, more = page
     return json_response(HTTPStatus.OK, {"containers": listing,
                                          "next": _cursor(more) if more else None})
 
@@ -309,13 +316,10 @@ async def register_container(request: Request) -> web.StreamResponse:
     misdirected = request.exporter.config.misdirected(account)
     if misdirected is not None:
         return json_response(HTTPStatus.MISDIRECTED_REQUEST, {"error": misdirected})
-    try:
-        async with asyncio.timeout(request.server.limits.body_timeout):
-            [(outcome, entry)] = await request.exporter.register_batch_async([(account, cid)])
-    except StoreError as e:
-        return _store_unavailable(str(e))
-    except TimeoutError:
-        return _store_unavailable("the container state file did not answer in time")
+    done = await _from_store(request, request.exporter.register_batch_async([(account, cid)]))
+    if isinstance(done, web.Response):
+        return done
+    [(outcome, entry)] = done
     status, error = _OUTCOMES[outcome]
     if error is not None:
         return json_response(status, {"error": error.format(account=shown(account))})
@@ -367,14 +371,10 @@ async def _register_many(request: Request, items: list[Any]) -> web.StreamRespon
             todo.append((i, account, cid))
         results.append(result)
     if todo:
-        try:
-            async with asyncio.timeout(request.server.limits.body_timeout):
-                done = await request.exporter.register_batch_async(
-                    [(a, c) for _, a, c in todo])
-        except StoreError as e:
-            return _store_unavailable(str(e))
-        except TimeoutError:
-            return _store_unavailable("the container state file did not answer in time")
+        done = await _from_store(request, request.exporter.register_batch_async(
+            [(a, c) for _, a, c in todo]))
+        if isinstance(done, web.Response):
+            return done
         for (i, account, _), (outcome, _) in zip(todo, done, strict=True):
             status, error = _OUTCOMES[outcome]
             results[i]["status"] = status
