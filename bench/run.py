@@ -6,6 +6,7 @@ a baseline measured in the same run.
     python bench/run.py --full             # also 10,000 accounts / 100,000 containers (~8 min)
     python bench/run.py --quick --no-venv  # a smoke run with this interpreter (< 30 s)
     python bench/run.py --full --results   # also write the table into bench/RESULTS.md
+    python bench/run.py --no-venv --scales large --only containers  # one scenario, one scale
 
 By default it creates a venv in a temporary directory, installs this checkout into it as a
 user would (`pip install -c requirements.lock .`), prints what pip resolved, and runs
@@ -49,6 +50,7 @@ from common import (
 )
 
 DEFAULT_SCALES = "small,medium"
+SCENARIOS = ("accounts", "failing", "containers")  # scenarios.<name>_scenarios, in this order
 FULL_SCALES = "small,medium,large"
 
 
@@ -71,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="write the report into this Markdown file's generated section "
                         "(default bench/RESULTS.md)")
     p.add_argument("--json", type=Path, help="also write every row as JSON here")
+    p.add_argument("--only", default=None,
+                   help=f"comma-separated, of {', '.join(SCENARIOS)}: run only these "
+                        "scenarios at each scale (default all)")
     p.add_argument("--venv-info", type=Path, help=argparse.SUPPRESS)  # from the outer run
     args = p.parse_args(argv)
     if args.scales is None:
@@ -79,6 +84,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.scale_names) - {"quick", "small", "medium", "large"}
     if unknown or not args.scale_names:
         p.error(f"--scales: unknown {', '.join(sorted(unknown)) or 'none given'}")
+    args.only_names = [s.strip() for s in (args.only or ",".join(SCENARIOS)).split(",")
+                       if s.strip()]
+    unknown = set(args.only_names) - set(SCENARIOS)
+    if unknown or not args.only_names:
+        p.error(f"--only: unknown {', '.join(sorted(unknown)) or 'none given'}")
     return args
 
 
@@ -162,9 +172,9 @@ def main(argv: list[str] | None = None) -> int:
             for scale in scales:
                 t0 = time.monotonic()
                 ctx.log(f"{scale.label}:")
-                rows += scenarios.accounts_scenarios(ctx, scale)
-                rows += scenarios.failing_scenarios(ctx, scale)
-                rows += scenarios.containers_scenarios(ctx, scale)
+                for name in SCENARIOS:
+                    if name in args.only_names:
+                        rows += getattr(scenarios, f"{name}_scenarios")(ctx, scale)
                 timings.append(f"{scale.name} {time.monotonic() - t0:.0f} s")
             busiest = max(ctx.double_busy, default=0.0)
             rows.insert(1, scenarios.Row(

@@ -214,3 +214,25 @@ def test_past_the_per_account_cap_registration_is_429(
     one = post(base, {"account": "brand", "id": "9"})
     assert one.status_code == 429 and "max_tracked_per_account" in one.json()["error"]
     assert post(base, {"account": "brand", "id": "1"}).status_code == 200  # known: fine
+
+
+def test_a_long_track_list_registers_every_entry_once(tmp_path: Path,
+                                                      fake_graph: FakeGraph) -> None:
+    path = tmp_path / "config.yaml"
+    accounts = [f"brand{i}" for i in range(3)]
+    ids = [str(10_000_000 + n) for n in range(20_000)]
+    track = [{"account": accounts[n % 3], "id": i} for n, i in enumerate(ids)]
+    path.write_text(yaml.safe_dump({
+        "accounts": [{"name": a, "access_token": f"upstream-token-{a}"} for a in accounts],
+        "containers": {"state_path": str(tmp_path / "state.db"),
+                       "track": track + track[:100]}}))  # repeats are one entry
+    config = load_config(path)
+    assert len(config.containers.track) == 20_000
+    for _ in range(2):  # a restart registers nothing twice and loses nothing
+        exporter = Exporter(config, str(path), transport=fake_graph.transport())
+        try:
+            listed = exporter.containers()
+        finally:
+            exporter.close()
+        assert sorted((c["account"], c["id"]) for c in listed) == sorted(
+            (t["account"], t["id"]) for t in track)

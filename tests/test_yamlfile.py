@@ -125,3 +125,36 @@ def test_shown_path():
     assert shown_path("/tmp/pytest-of-x/pytest-3/tmpa8f3k2j1/web.yml").endswith("web.yml")
     assert "not shown" in shown_path(SECRET)
     assert "not shown" in shown_path("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n")
+
+
+@pytest.mark.parametrize("text", [
+    "a: [1, 2.5, true, null, 'x', ~, 0x1f, 0o17, .inf, 1_000]\nb: {c: d}\n",
+    "- 1\n- x: &a {k: [v, w]}\n  y: *a\n  z: &s hello\n  w: *s\n",
+    "t: 2001-12-14t21:59:43.10-05:00\nd: 2002-12-14\nb: !!binary aGVsbG8=\nk: !!str 123\n",
+    "? x\n: y\n1: a\n2.5: b\nnull: c\n'': e\n",
+    "x: |\n  multi\n  line\ny: >\n  folded\n  text\n",
+    "s: !!set {a, b}\no: !!omap [{a: 1}]\n",  # explicit collection tags: the node path
+    "m:\n  <<: [{a: 1}, {b: 2}]\n  a: 3\n",  # merge keys: the node path
+    "---\n", "- ", "[" * 150 + "]" * 150,
+])
+def test_the_event_path_builds_what_safe_load_builds(text):
+    assert load(text) == yaml.safe_load(text)
+
+
+def test_an_alias_is_the_anchored_object_itself():
+    data = load("a: &x {k: [1]}\nb: *x\n")
+    assert data["a"] is data["b"]
+
+
+def test_a_long_list_never_takes_the_node_path(monkeypatch):
+    import threads_exporter.yamlfile as yamlfile
+
+    def no_nodes(*args, **kwargs):
+        raise AssertionError("the node path was taken")
+
+    monkeypatch.setattr(yamlfile, "_parse", no_nodes)
+    text = "track:\n" + "".join(f"  - {{account: a{n % 7}, id: '{n}'}}\n" for n in range(5000))
+    data = load(text)
+    assert len(data["track"]) == 5000 and data["track"][4999] == {"account": "a1", "id": "4999"}
+    with pytest.raises(AssertionError, match="node path"):  # errors are the node path's
+        load(text + "  - {account: a, id: '1', id: '2'}\n")

@@ -49,7 +49,7 @@ class Account:
     app_access_token: str | None = field(default=None, repr=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a config may track 100,000
 class TrackedContainer:
     account: str
     id: str
@@ -317,8 +317,9 @@ def _containers(f: _Fields, accounts: dict[str, Account]) -> ContainersConfig:
         api_token = _read_secret_file(f.string("api_token_file"), f.at("api_token_file"))
     f.raw("api_token")
     f.raw("api_token_file")
-    track = []
-    seen: set[tuple[str, str]] = set()
+    # Insertion-ordered and deduplicated in one; each entry's account is the Account's own
+    # string, not a copy per entry.
+    track: dict[TrackedContainer, None] = {}
     for i, item in enumerate(f.items("track")):
         t = _Fields(item, f"{f.at('track')}[{i}]", f.env)
         account = t.string("account", required=True)
@@ -329,9 +330,7 @@ def _containers(f: _Fields, accounts: dict[str, Account]) -> ContainersConfig:
         if not valid_container_id(cid):
             raise ConfigError(f"{t.at('id')}: a container id is digits only, got {shown(cid)}")
         t.done()
-        if (account, cid) not in seen:
-            seen.add((account, cid))
-            track.append(TrackedContainer(account=account, id=cid))
+        track.setdefault(TrackedContainer(account=accounts[account].name, id=cid))
     config = ContainersConfig(
         poll_interval_seconds=f.number("poll_interval_seconds", d.poll_interval_seconds, minimum=1),
         stuck_poll_interval_seconds=f.number(

@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any
 
 import yaml
+from yaml.constructor import SafeConstructor
+from yaml.events import (
+    AliasEvent,
+    MappingEndEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
+from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+from yaml.reader import Reader
 
 from threads_exporter.redact import could_be_secret, shown
 
 __all__ = ["YamlError", "compose", "key_path", "load"]
 
 _MERGE = "tag:yaml.org,2002:merge"
+_SEQ, _MAP = "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"
+# Scalar tags the event path leaves to the node path: keys with meaning in a mapping.
+_SPECIAL = frozenset({_MERGE, "tag:yaml.org,2002:value"})
+_MAX_DEPTH = 100  # deeper documents take the node path (and its "nested too deeply")
 
 
 class YamlError(ValueError):
@@ -50,7 +66,20 @@ def compose(text: str, *, first_document_only: bool = False) -> yaml.Node | None
 
 def load(text: str) -> Any:
     """The Python data of text's single document (None for an empty file), like yaml.safe_load
-    but strict about duplicate keys and with errors that never quote the file."""
+    but strict about duplicate keys and with errors that never quote the file.
+
+    Built straight from the parser's events, so a config of 100,000 entries never holds a
+    node tree (about 2 KB per entry with its marks). What that path leaves alone (an error of
+    any kind, merge keys, explicit collection tags, complex keys, deep nesting) is loaded
+    again through the node tree, which decides and words every error."""
+    try:
+        Reader(text)  # the reader checks every character here
+    except yaml.YAMLError as e:
+        raise _from_pyyaml(e, text) from None
+    try:
+        return _stream(text)
+    except (_Fallback, yaml.YAMLError, RecursionError):
+        pass
     return _parse(text, first_document_only=False, construct=True)
 
 
@@ -89,7 +118,7 @@ def key_path(parent: str, key: object) -> str:
     return f"{parent}.{name}" if parent else name
 
 
-class _Loader(yaml.SafeLoader):
+class _Constructing(SafeConstructor):
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         # SafeConstructor raises plain ValueError/TypeError for `!!int abc` and the like, with
         # no position and sometimes the value itself: give them the node's mark instead.
@@ -101,6 +130,10 @@ class _Loader(yaml.SafeLoader):
             raise yaml.constructor.ConstructorError(
                 None, None, f"cannot read this value as {_short_tag(node.tag)}",
                 node.start_mark) from None
+
+
+class _Loader(yaml.SafeLoader, _Constructing):
+    """The node path: PyYAML's own composer."""
 
 
 def _short_tag(tag: str) -> str:
@@ -190,3 +223,111 @@ def _from_pyyaml(e: yaml.YAMLError, text: str) -> YamlError:
         if mark is not None:
             return YamlError(problem, mark.line + 1, mark.column + 1)
     return YamlError("not valid YAML", 1, 1)
+
+
+# --- the event path ---------------------------------------------------------------------
+
+
+class _Fallback(Exception):
+    """Something the event path leaves to the node path."""
+
+
+_BUILDING = object()  # an anchor whose collection is still being built
+
+
+class _Events(yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader,  # type: ignore[misc]
+              _Constructing):
+    """Events from libyaml where PyYAML has it; the same resolver and constructors."""
+
+
+def _stream(text: str) -> Any:
+    """The document of text built from events: each scalar is constructed as it comes, each
+    mapping checked for duplicate keys as it fills; no node outlives its scalar."""
+    loader: Any = _Events(text)  # type: ignore[call-arg]
+    try:
+        loader.get_event()  # stream start
+        if loader.check_event(StreamEndEvent):
+            return None
+        loader.get_event()  # document start
+        anchors: dict[str, Any] = {}
+        # Open collections: [the list or dict, key awaiting its value (mappings), anchor].
+        stack: list[list[Any]] = []
+        done = False
+        result: Any = None
+        while not done:
+            event = loader.get_event()
+            if isinstance(event, (SequenceEndEvent, MappingEndEvent)):
+                container, pending, anchor = stack.pop()
+                if pending is not _NO_KEY:
+                    raise _Fallback  # cannot happen with a well-formed event stream
+                if anchor is not None:
+                    anchors[anchor] = container
+                value = container
+            elif isinstance(event, AliasEvent):
+                value = anchors.get(event.anchor or "", _BUILDING)
+                if value is _BUILDING:
+                    raise _Fallback  # undefined, or recursive
+            else:
+                anchor = event.anchor
+                if anchor is not None and anchor in anchors:
+                    raise _Fallback  # a duplicate anchor: an error, worded by the node path
+                if isinstance(event, ScalarEvent):
+                    value = _scalar(loader, event)
+                    if anchor is not None:
+                        anchors[anchor] = value
+                else:
+                    kind: Any = (SequenceNode if isinstance(event, SequenceStartEvent)
+                                 else MappingNode)
+                    tag = event.tag
+                    if tag is None or tag == "!":
+                        tag = loader.resolve(kind, None, event.implicit)
+                    if tag != (_SEQ if kind is SequenceNode else _MAP) or \
+                            len(stack) >= _MAX_DEPTH:
+                        raise _Fallback
+                    if anchor is not None:
+                        anchors[anchor] = _BUILDING
+                    stack.append([[] if kind is SequenceNode else {}, _NO_KEY, anchor])
+                    continue
+            if not stack:
+                result, done = value, True
+                continue
+            top = stack[-1]
+            container = top[0]
+            if isinstance(container, list):
+                container.append(value)
+            elif top[1] is _NO_KEY:
+                if isinstance(event, (SequenceEndEvent, MappingEndEvent)) or \
+                        isinstance(value, (list, dict)):
+                    raise _Fallback  # a complex key: the node path rejects it
+                try:
+                    if value in container:
+                        raise _Fallback  # a duplicate key: the node path names it
+                except TypeError:
+                    raise _Fallback from None  # unhashable
+                top[1] = sys.intern(value) if type(value) is str else value
+            else:
+                container[top[1]] = value
+                top[1] = _NO_KEY
+        loader.get_event()  # document end
+        if not loader.check_event(StreamEndEvent):
+            raise _Fallback  # a second document: an error, worded by the node path
+        return result
+    finally:
+        loader.dispose()
+
+
+_NO_KEY = object()
+
+
+def _scalar(loader: Any, event: ScalarEvent) -> Any:
+    tag = event.tag
+    if tag is None or tag == "!":
+        tag = loader.resolve(ScalarNode, event.value, event.implicit)
+    if tag in _SPECIAL:
+        raise _Fallback
+    node = ScalarNode(tag, event.value, event.start_mark, event.end_mark,  # type: ignore[arg-type]
+                      event.style)
+    try:
+        return loader.construct_object(node, deep=True)
+    finally:
+        loader.constructed_objects.pop(node, None)
