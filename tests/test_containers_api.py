@@ -232,6 +232,10 @@ def test_a_long_track_list_registers_every_entry_once(tmp_path: Path,
         exporter = Exporter(config, str(path), transport=fake_graph.transport())
         try:
             listed = exporter.containers()
+            # The store holds them now: the running exporter keeps no copy of the list.
+            assert exporter.config.containers.track == ()
+            assert exporter.tracker.config.containers.track == ()
+            assert exporter.reload() is None and exporter.config.containers.track == ()
         finally:
             exporter.close()
         assert sorted((c["account"], c["id"]) for c in listed) == sorted(

@@ -13,7 +13,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import httpx
@@ -53,6 +53,12 @@ __all__ = ["FULL", "INVALID", "KNOWN", "NEW", "UNKNOWN", "Exporter", "Snapshot",
            "TooMany", "UnknownAccount"]
 
 
+def _without_track(config: Config) -> Config:
+    """The config as the running exporter keeps it: its `track` entries go into the store,
+    which holds them from then on (a config may list 100,000)."""
+    return replace(config, containers=replace(config.containers, track=()))
+
+
 @dataclass(frozen=True)
 class Snapshot:
     readings: list[Reading]
@@ -63,7 +69,7 @@ class Snapshot:
 class Exporter:
     def __init__(self, config: Config, config_path: str | None = None, *,
                  transport: httpx.AsyncBaseTransport | None = None):
-        self.config = config
+        self.config = _without_track(config)
         self.config_path = config_path
         self.reload_ok = True
         self.reloaded_at = time.time()
@@ -84,7 +90,7 @@ class Exporter:
                                         daemon=True)
         self._thread.start()
         self.client: ThreadsClient = self.call(self._make_client(config, transport))
-        self.quotas = QuotaReader(self.client, config)
+        self.quotas = QuotaReader(self.client, self.config)
         self.tracker = ContainerTracker(self.client, config, store, store_error)
         self.call(self.tracker.track(config.containers.track))
         self._reload_lock = asyncio.Lock()  # bound to the loop that first uses it
@@ -204,7 +210,7 @@ class Exporter:
                 return str(e)
             REDACT.add_secrets(config.secrets())
             await self._adopt(config)
-            self.config = config
+            self.config = _without_track(config)
             self.reload_ok = True
             self.reloaded_at = time.time()
             log.info("config reloaded", extra={"accounts": len(config.accounts)})
@@ -212,7 +218,7 @@ class Exporter:
 
     async def _adopt(self, config: Config) -> None:
         await self.client.reconfigure(config.api)
-        self.quotas.reconfigure(config)
+        self.quotas.reconfigure(_without_track(config))
         self.tracker.reconfigure(config)
         await self.tracker.track(config.containers.track)
 

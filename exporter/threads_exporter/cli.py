@@ -140,6 +140,9 @@ def run(args: argparse.Namespace, simulator: SimulatorServer | None,
     except StoreLocked as e:
         print(f"threads-exporter: containers.state_path: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    # The exporter keeps the config without its `track` list, which is in the store now:
+    # nothing here holds on to that list either (a config may track 100,000 containers).
+    del config
     try:
         server = ExporterHTTPServer(address, exporter, web, args.telemetry_path,
                                     timeout_offset=args.timeout_offset,
@@ -153,7 +156,8 @@ def run(args: argparse.Namespace, simulator: SimulatorServer | None,
     scheme = "https" if web is not None and web.ssl_context is not None else "http"
     shown_host = f"[{host}]" if ":" in host else host  # an IPv6 address, as in a URL
     log.info("listening", extra={"address": f"{scheme}://{shown_host}:{port}",
-                                 "accounts": len(config.accounts), "version": __version__})
+                                 "accounts": len(exporter.config.accounts),
+                                 "version": __version__})
     publisher = None
     if simulator is not None:
         from threads_exporter.demo.publisher import DemoPublisher

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from threads_exporter.config import Config, ContainersConfig, TrackedContainer, valid_container_id
@@ -75,9 +76,11 @@ class ContainerTracker:
         return self.storage.store
 
     def reconfigure(self, config: Config) -> None:
-        self.config = config
+        """Adopt a config; its `track` entries are for track(), and are not kept here."""
+        kept = replace(config, containers=replace(config.containers, track=()))
+        self.config = kept
         self.policy = Policy.from_config(config.containers)
-        self.scheduler.config, self.scheduler.policy = config, self.policy
+        self.scheduler.config, self.scheduler.policy = kept, self.policy
         store = self.storage.store
         if store is not None and config.containers.state_path != store.path:
             log.warning("containers.state_path changes take effect after a restart",
