@@ -41,9 +41,13 @@ def container_families(snapshot: ContainerSnapshot, accounts: Sequence[str]) -> 
         return []
     health = gauge("threads_exporter_container_store_up")
     health.add_metric([], 1 if snapshot.store_ok else 0)
-    t = snapshot.tallies
-    if t is None:
+    if snapshot.tallies is None:
         return [health]
+    return [health, *account_families(snapshot.tallies, accounts)]
+
+
+def account_families(t: Tallies, accounts: Sequence[str]) -> list[Metric]:
+    """The per-account container families (all but the store's health)."""
     containers = gauge("threads_containers")
     changes = counter("threads_container_status_changes_total")
     errors = counter("threads_container_errors_total")
@@ -65,4 +69,18 @@ def container_families(snapshot: ContainerSnapshot, accounts: Sequence[str]) -> 
         counts = [int(c.get((PROCESSING, a, le), 0)) for le in _PROCESSING_LABELS]
         processing.add_metric([a], histogram_buckets(PROCESSING_BUCKETS, counts),
                               c.get((PROCESSING, a, PROCESSING_SUM), 0.0))
-    return [health, containers, changes, errors, stuck, backlog, unanswered, processing]
+    return [containers, changes, errors, stuck, backlog, unanswered, processing]
+
+
+def account_inputs(t: Tallies) -> dict[str, list[tuple[object, ...]]]:
+    """Everything account_families reads, grouped by account (accounts with no containers
+    and no history are absent): equal inputs give an equal exposition."""
+    by: dict[str, list[tuple[object, ...]]] = {}
+    for (a, s), n in t.counts.items():
+        by.setdefault(a, []).append((s, n))
+    for kind, d in (("stuck", t.stuck), ("backlog", t.backlog), ("unanswered", t.unanswered)):
+        for a, n in d.items():
+            by.setdefault(a, []).append((kind, n))
+    for (f, a, label), v in t.counters.items():
+        by.setdefault(a, []).append((f, label, v))
+    return by
