@@ -118,7 +118,7 @@ def test_a_container_answering_garbage_is_polled_once_per_interval(
     # One poll: the next is a poll interval (60 s) away, not at once (it was ~100/s).
     assert len(fake_graph.polls("1788")) == 1
     assert entry["last_error_reason"] == "bad_response" and entry["poll_errors"] == 1
-    assert exp.stats.errors[("brand", "container", "bad_response")] == 1
+    assert exp.stats.of("brand").errors[("container", "bad_response")] == 1
 
 
 def test_nan_and_infinity_are_no_expiry() -> None:
