@@ -53,9 +53,9 @@ from threads_exporter.redact import REDACT
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# Before the first scrape has shown how long encoding takes: a generous guess per account
-# (encoding all of an account's families the first time takes ~0.1 ms on a 2020s CPU).
-RENDER_SECONDS_PER_ACCOUNT = 0.0003
+# Encoding one account's share of a part (say its quota families) afresh: a generous guess
+# until a scrape has measured it (~0.05-0.1 ms on this decade's CPUs).
+ENCODE_SECONDS_GUESS = 0.0002
 
 # What register() and containers() raise, for the HTTP front to answer (it imports no deeper).
 __all__ = ["FULL", "INVALID", "KNOWN", "NEW", "UNKNOWN", "Exporter", "Snapshot", "StoreError",
@@ -76,7 +76,10 @@ class Exporter:
         self.config_path = config_path
         self.reload_ok = True
         self.reloaded_at = time.time()
-        self._render_reserve: float | None = None  # seconds the last expositions took
+        # What rendering costs, learnt from scrapes: seconds besides encoding fragments, and
+        # seconds per fragment encoded afresh (decaying maxima).
+        self._render_fixed = 0.0
+        self._encode_seconds = ENCODE_SECONDS_GUESS
         self._exposition = Exposition()
         REDACT.set_secrets(config.secrets())
         # First, so a state file locked by another exporter fails start-up before anything runs.
@@ -126,9 +129,11 @@ class Exporter:
         encoding the families is CPU work and runs off the loop, so API calls in flight never
         stall behind it; the time it took is kept in reserve from later scrapes' deadlines,
         so a large exposition still arrives in time."""
-        reserve = self._render_reserve
-        if reserve is None:
-            reserve = RENDER_SECONDS_PER_ACCOUNT * len(self.config.accounts)
+        # Kept back from the deadline: rendering at the worst, when every account's readings
+        # changed (10,000 accounts failing at once), so that even that scrape is in time.
+        parts = 3 if self.tracker.storage.store is not None else 2
+        reserve = (self._render_fixed + self._encode_seconds * parts * len(self.config.accounts)
+                   if account is None else 0.0)
         snapshot = await self._snapshot(max(deadline - reserve, time.monotonic() + 0.05),
                                         None if account is None else [account])
         start = time.monotonic()
@@ -142,8 +147,11 @@ class Exporter:
 
         encoded = await asyncio.get_running_loop().run_in_executor(None, render)
         if account is None:
-            # A decaying maximum: one slow render is remembered for a while, not for ever.
-            self._render_reserve = max(time.monotonic() - start, (reserve or 0.0) * 0.8)
+            # Decaying maxima: one slow render is remembered for a while, not for ever.
+            took, e = time.monotonic() - start, self._exposition
+            self._render_fixed = max(took - e.miss_seconds, self._render_fixed * 0.8)
+            if e.misses >= 100:  # enough to tell the cost of one
+                self._encode_seconds = max(e.miss_seconds / e.misses, self._encode_seconds * 0.8)
         return encoded
 
     def _encode(self, snapshot: Snapshot, encoder: Encoder) -> bytes:

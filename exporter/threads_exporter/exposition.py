@@ -12,6 +12,7 @@ fragments. The result is byte for byte what the encoder gives for the same famil
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -117,6 +118,8 @@ class Exposition:
     def __init__(self) -> None:
         self._lock = threading.Lock()  # scrapes from two Prometheus servers take turns
         self._dialects: dict[Any, _Dialect] = {}
+        self.misses = 0  # (account, part) shares the latest scrape encoded afresh
+        self.miss_seconds = 0.0  # and the time that took
         # (dialect's samples, part) -> account -> (input, samples of each family)
         self._fragments: dict[tuple[bytes, str], dict[str, tuple[Any, tuple[bytes, ...]]]] = {}
 
@@ -128,6 +131,7 @@ class Exposition:
 
     def _encode(self, encoder: Encoder, parts: Sequence[Part[Any]],
                 tail: Iterable[Metric]) -> bytes:
+        self.misses, self.miss_seconds = 0, 0.0
         key = _key(encoder)
         dialect = self._dialects.get(key)
         if dialect is None:
@@ -156,7 +160,10 @@ class Exposition:
         for account, value in part.inputs:
             cached = old.get(account)
             if cached is None or not (cached[0] is value or cached[0] == value):
+                start = time.perf_counter()
                 cached = (value, dialect.split(part, dialect.body(part.build([(account, value)]))))
+                self.miss_seconds += time.perf_counter() - start
+                self.misses += 1
             new[account] = cached
             out.append(cached[1])
         self._fragments[key] = new  # accounts gone since are forgotten
