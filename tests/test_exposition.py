@@ -10,7 +10,12 @@ import pytest
 from prometheus_client.exposition import choose_encoder
 
 from threads_exporter.calls import call_families, latency_family
-from threads_exporter.containers.families import account_families, account_inputs
+from threads_exporter.containers.families import (
+    account_families,
+    account_inputs,
+    pressure_families,
+    status_families,
+)
 from threads_exporter.containers.policy import ERRORS, PROCESSING, PROCESSING_SUM, STATUS_CHANGES
 from threads_exporter.containers.store import Tallies
 from threads_exporter.exposition import Exposition, Families, Part
@@ -55,13 +60,15 @@ def tallies(accounts: list[str], errors: int = 1) -> Tallies:
 def scrape(accounts: list[str], stats: ApiStats, t: Tallies, rs: list[Reading]
            ) -> tuple[list[Part[Any]], list[Any], list[Any]]:
     """The parts of a scrape, and the same families built whole (the reference)."""
-    inputs = account_inputs(t)
+    status, pressure = account_inputs(t)
     parts: list[Part[Any]] = [
         Part("quotas", lambda pairs: quota_families(r for _, r in pairs),
              [(r.account, r) for r in rs]),
         Part("calls", call_families, [(a, stats.of(a)) for a in accounts]),
-        Part("containers", lambda pairs: account_families(t, [a for a, _ in pairs]),
-             [(a, inputs.get(a, ())) for a in accounts]),
+        Part("container statuses", lambda pairs: status_families(t, [a for a, _ in pairs]),
+             [(a, status.get(a, ())) for a in accounts]),
+        Part("container pressure", lambda pairs: pressure_families(t, [a for a, _ in pairs]),
+             [(a, pressure.get(a, ())) for a in accounts]),
     ]
     tail = [latency_family(stats)]
     whole = (quota_families(rs) + call_families((a, stats.of(a)) for a in accounts)

@@ -26,9 +26,10 @@ from threads_exporter.calls import api_families, call_families, latency_family
 from threads_exporter.config import Config, ConfigError, load_config
 from threads_exporter.containers.families import (
     ContainerSnapshot,
-    account_families,
     account_inputs,
     container_families,
+    pressure_families,
+    status_families,
 )
 from threads_exporter.containers.storage import open_store
 from threads_exporter.containers.store import StoreError
@@ -131,7 +132,7 @@ class Exporter:
         so a large exposition still arrives in time."""
         # Kept back from the deadline: rendering at the worst, when every account's readings
         # changed (10,000 accounts failing at once), so that even that scrape is in time.
-        parts = 3 if self.tracker.storage.store is not None else 2
+        parts = 4 if self.tracker.storage.store is not None else 2
         reserve = (self._render_fixed + self._encode_seconds * parts * len(self.config.accounts)
                    if account is None else 0.0)
         snapshot = await self._snapshot(max(deadline - reserve, time.monotonic() + 0.05),
@@ -167,10 +168,14 @@ class Exporter:
                                                      containers.enabled), names)
         tallies = containers.tallies
         if containers.enabled and tallies is not None:
-            inputs = account_inputs(tallies)
-            parts.append(Part("containers",
-                              lambda pairs: account_families(tallies, [a for a, _ in pairs]),
-                              [(a, inputs.get(a, ())) for a in names]))
+            status, pressure = account_inputs(tallies)
+            parts += [
+                Part("container statuses",
+                     lambda pairs: status_families(tallies, [a for a, _ in pairs]),
+                     [(a, status.get(a, ())) for a in names]),
+                Part("container pressure",
+                     lambda pairs: pressure_families(tallies, [a for a, _ in pairs]),
+                     [(a, pressure.get(a, ())) for a in names])]
         tail += self._own_families()
         tail += self._runtime_families()
         return self._exposition.encode(encoder, parts, tail)
