@@ -12,10 +12,11 @@ import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 
-from fake_graph import Answer, FakeGraph, hang, healthy, refuse, reset_mid_body
+from fake_graph import Answer, FakeGraph, delay, hang, healthy, refuse, reset_mid_body
 from procs import free_port
 from threads_exporter.config import Account, ApiConfig
 from threads_exporter.graph.client import ThreadsClient
@@ -170,3 +171,26 @@ def test_the_environments_proxy_carries_the_calls(fake_graph: FakeGraph,
     error = read("http://threads.test")
     assert error.reason in ("connection", "timeout"), str(error)
     assert fake_graph.calls(TOKEN) == 1
+
+
+def test_closing_waits_for_the_calls_in_flight(fake_graph: FakeGraph) -> None:
+    """A reload swaps the transport while calls are in flight: they finish on the old
+    connections, which close after them (not under them), without an unclosed session."""
+    fake_graph.token(TOKEN, delay(0.5, healthy(1)))
+
+    async def check(transport: Transport) -> list[int]:
+        calls = [asyncio.create_task(transport.get("/me/threads_publishing_limit",
+                                                   {"access_token": TOKEN}))
+                 for _ in range(3)]
+        async with asyncio.timeout(5):  # all three at the upstream
+            while fake_graph.in_flight() < 3:
+                await asyncio.sleep(0.01)
+        await transport.aclose()
+        answers = await asyncio.wait_for(asyncio.gather(*calls), 5)
+        session = transport._pool.client  # type: ignore[attr-defined]
+        assert not isinstance(session, aiohttp.ClientSession), "left open"
+        return [status for status, _, _ in answers]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert asyncio.run(_transport_get(fake_graph.base_url, 5, check)) == [200] * 3

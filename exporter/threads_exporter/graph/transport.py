@@ -104,7 +104,7 @@ class Engine(AiohttpTransport):
         try:
             response = await super().handle_async_request(request)
         except Exception as e:
-            raise _httpx_error(e) from e
+            raise _httpx_error(e) from None
         response.stream = _Body(response.stream)
         return response
 
@@ -124,13 +124,13 @@ class _Body(httpx.AsyncByteStream):
             async for chunk in self._stream:
                 yield chunk
         except Exception as e:
-            raise _httpx_error(e) from e
+            raise _httpx_error(e) from None
 
     async def aclose(self) -> None:
         try:
             await self._stream.aclose()
         except Exception as e:
-            raise _httpx_error(e) from e
+            raise _httpx_error(e) from None
 
 
 def _httpx_error(exc: Exception) -> Exception:
