@@ -37,8 +37,9 @@ class Transport:
     aiohttp, not httpcore: httpcore 1.0's pool does O(connections^2) bookkeeping on every
     request and response (encode/httpcore#1035), and even split into pools of 8 it cost
     twice aiohttp's CPU per call (bench/engines.py). aiohttp's pool is flat, so one pool
-    holds the whole budget. Transports, not clients: an httpx client's per-request work
-    (request merging, redirect and auth flows, cookie jar) is CPU none of it needed.
+    holds the whole budget. A transport, not an httpx client: the client's per-request work
+    (request merging, redirect and auth flows, cookie jar) costs ~0.17 ms of CPU per call,
+    and none of it is needed here.
     """
 
     def __init__(self, base_url: str, max_concurrency: int, timeout: float,
