@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib.util
 import json
 import shutil
@@ -91,10 +92,9 @@ class HttpcorePools:
         self.room = [concurrency // count + (i < concurrency % count) for i in range(count)]
         self.pools = [httpx.AsyncHTTPTransport(limits=httpx.Limits(
             max_connections=size, max_keepalive_connections=size)) for size in self.room]
+        self.body = _room_back()
 
     async def handle_async_request(self, request: Any) -> Any:
-        import httpx
-
         pool = max(range(len(self.pools)), key=self.room.__getitem__)
         self.room[pool] -= 1
         try:
@@ -102,23 +102,33 @@ class HttpcorePools:
         except BaseException:
             self.room[pool] += 1
             raise
-        stream, room = response.stream, self.room
-
-        class Body(httpx.AsyncByteStream):  # the room comes back with the connection
-            def __aiter__(self) -> Any:
-                return stream.__aiter__()
-
-            async def aclose(self) -> None:
-                try:
-                    await stream.aclose()
-                finally:
-                    room[pool] += 1
-
-        response.stream = Body()
+        response.stream = self.body(response.stream, self.room, pool)
         return response
 
     async def aclose(self) -> None:
         await asyncio.gather(*(pool.aclose() for pool in self.pools))
+
+
+@functools.cache
+def _room_back() -> Any:
+    """The response body that gives its pool's room back when closed, as the connection goes
+    back: an httpx.AsyncByteStream (made once, httpx imported late like everywhere here)."""
+    import httpx
+
+    class RoomBack(httpx.AsyncByteStream):
+        def __init__(self, stream: Any, room: list[int], pool: int):
+            self.stream, self.room, self.pool = stream, room, pool
+
+        def __aiter__(self) -> Any:
+            return self.stream.__aiter__()
+
+        async def aclose(self) -> None:
+            try:
+                await self.stream.aclose()
+            finally:
+                self.room[self.pool] += 1
+
+    return RoomBack
 
 
 def _aiohttp_transport(concurrency: int) -> Any:
