@@ -9,11 +9,12 @@ each way to make the exporter's calls, against the Graph API double (bench/doubl
 
 Engines (httpx stays the client API wherever the exporter is concerned):
 
-* ``exporter``: the package's own graph.transport.Transport as it is (httpx transports
-  directly, the budget split into pools of 8);
-* ``exporter+aiohttp``: the same Transport over httpx-aiohttp's AiohttpTransport (one pool);
-* ``client`` / ``client+aiohttp``: the package's whole ThreadsClient (gate, stats, retry,
-  error classification, parsing) over its own transports / over AiohttpTransport;
+* ``exporter``: the package's own graph.transport.Transport as it is (httpx-aiohttp's
+  AiohttpTransport over one aiohttp pool of 64);
+* ``exporter-httpcore``: the same Transport over the engine it had before (httpx transports
+  directly, the budget split into pools of 8, as HttpcorePools below);
+* ``client`` / ``client-httpcore``: the package's whole ThreadsClient (gate, stats, retry,
+  error classification, parsing) over its own engine / over the pools of 8;
 * ``httpx-pool64``: one httpx.AsyncHTTPTransport of 64 connections (httpcore's pool is
   quadratic in its connections, encode/httpcore#1035);
 * ``httpx-client``: httpx.AsyncClient as documented (limits 64);
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib.util
 import json
 import shutil
@@ -58,23 +60,75 @@ from common import (
 )
 
 ENGINES = {
-    "exporter": "exporter's Transport (httpx transports, pools of 8): today",
-    "exporter+aiohttp": "exporter's Transport over httpx-aiohttp (one pool of 64)",
+    "exporter": "exporter's Transport (httpx-aiohttp, one pool of 64): today",
+    "exporter-httpcore": "exporter's Transport over httpx transports, pools of 8: before",
     "client": "exporter's ThreadsClient (gate, stats, parse) over its Transport: today",
-    "client+aiohttp": "exporter's ThreadsClient over httpx-aiohttp",
+    "client-httpcore": "exporter's ThreadsClient over httpx transports, pools of 8: before",
     "httpx-pool64": "httpx.AsyncHTTPTransport, one pool of 64",
     "httpx-client": "httpx.AsyncClient (limits 64)",
     "httpx-client+aiohttp": "httpx.AsyncClient + httpx-aiohttp transport",
     "aiohttp": "aiohttp.ClientSession alone (reference, not httpx)",
 }
-NEEDS = {"exporter+aiohttp": ("httpx_aiohttp",), "client+aiohttp": ("httpx_aiohttp",),
-         "httpx-client+aiohttp": ("httpx_aiohttp",), "aiohttp": ("aiohttp",)}
+NEEDS = {"httpx-client+aiohttp": ("httpx_aiohttp",), "aiohttp": ("aiohttp",)}
 SLOW = ("httpx-pool64", "httpx-client")
 FIELDS = ("quota_usage,config,reply_quota_usage,reply_config,delete_quota_usage,delete_config,"
           "location_search_quota_usage,location_search_config")
 
 
 # --- one engine, in its own process ---------------------------------------------------------
+
+
+class HttpcorePools:
+    """The exporter's engine before httpx-aiohttp: httpx.AsyncHTTPTransport pools of at most
+    8 connections (httpcore's pool is quadratic in its connections, encode/httpcore#1035),
+    each call on the pool with most room."""
+
+    SIZE = 8
+
+    def __init__(self, concurrency: int):
+        import httpx
+
+        count = -(-concurrency // self.SIZE)
+        self.room = [concurrency // count + (i < concurrency % count) for i in range(count)]
+        self.pools = [httpx.AsyncHTTPTransport(limits=httpx.Limits(
+            max_connections=size, max_keepalive_connections=size)) for size in self.room]
+        self.body = _room_back()
+
+    async def handle_async_request(self, request: Any) -> Any:
+        pool = max(range(len(self.pools)), key=self.room.__getitem__)
+        self.room[pool] -= 1
+        try:
+            response = await self.pools[pool].handle_async_request(request)
+        except BaseException:
+            self.room[pool] += 1
+            raise
+        response.stream = self.body(response.stream, self.room, pool)
+        return response
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(pool.aclose() for pool in self.pools))
+
+
+@functools.cache
+def _room_back() -> Any:
+    """The response body that gives its pool's room back when closed, as the connection goes
+    back: an httpx.AsyncByteStream (made once, httpx imported late like everywhere here)."""
+    import httpx
+
+    class RoomBack(httpx.AsyncByteStream):
+        def __init__(self, stream: Any, room: list[int], pool: int):
+            self.stream, self.room, self.pool = stream, room, pool
+
+        def __aiter__(self) -> Any:
+            return self.stream.__aiter__()
+
+        async def aclose(self) -> None:
+            try:
+                await self.stream.aclose()
+            finally:
+                self.room[self.pool] += 1
+
+    return RoomBack
 
 
 def _aiohttp_transport(concurrency: int) -> Any:
@@ -92,24 +146,24 @@ async def _engine(name: str, base: str, concurrency: int,
 
     params = lambda i: {"fields": FIELDS, "access_token": token(i % 1000)}  # noqa: E731
     path = "/me/threads_publishing_limit"
-    if name in ("exporter", "exporter+aiohttp"):
+    if name in ("exporter", "exporter-httpcore"):
         from threads_exporter.graph.transport import Transport
 
-        transport = Transport(f"{base}/v1.0", concurrency, 10.0, _aiohttp_transport(
-            concurrency) if name.endswith("aiohttp") else None)
+        transport = Transport(f"{base}/v1.0", concurrency, 10.0, HttpcorePools(
+            concurrency) if name.endswith("httpcore") else None)
 
         async def call(i: int) -> None:
             status, _, _ = await transport.get(path, params(i))
             assert status == 200, status
         return call, transport.aclose
-    if name in ("client", "client+aiohttp"):
+    if name in ("client", "client-httpcore"):
         from threads_exporter.config import Account, ApiConfig
         from threads_exporter.graph.client import ThreadsClient
 
         client = ThreadsClient(ApiConfig(base_url=base, max_concurrency=concurrency,
                                          timeout_seconds=10.0),
-                               transport=_aiohttp_transport(concurrency)
-                               if name.endswith("aiohttp") else None)
+                               transport=HttpcorePools(concurrency)
+                               if name.endswith("httpcore") else None)
         accounts = [Account(f"a{i}", "me", token(i)) for i in range(1000)]
 
         async def call(i: int) -> None:
@@ -214,7 +268,8 @@ def compare(installs: list[tuple[str, str]], base: str, args: argparse.Namespace
     of its own. Repeats are interleaved (every combination once, then again), so a change in
     the machine's load shifts all combinations alike instead of some."""
     loops = ["asyncio"] if args.quick else ["asyncio", "uvloop"]
-    engines = ["exporter", "client", "httpx-client"] if args.quick else list(ENGINES)
+    engines = (["exporter", "exporter-httpcore", "client", "httpx-client"] if args.quick
+               else list(ENGINES))
     combos = []
     for engine in engines:
         # One pool of 64 costs ~15x: measured on asyncio only, it needs no second loop.
@@ -295,7 +350,7 @@ def recommendation(rows: list[dict[str, Any]]) -> str:
         return min(found, key=lambda r: r["cpu_per_1000"]) if found else None
 
     today = _today(rows)
-    httpx_api = best(lambda r: r["engine"] not in ("aiohttp", "client", "client+aiohttp"))
+    httpx_api = best(lambda r: r["engine"] not in ("aiohttp", "client", "client-httpcore"))
     out = []
     if today and httpx_api:
         out.append(
@@ -304,7 +359,16 @@ def recommendation(rows: list[dict[str, Any]]) -> str:
             f"{httpx_api['cpu_per_1000']:.3f} s per 1,000 calls against "
             f"{today['cpu_per_1000']:.3f} s for today's transport as installed "
             f"({httpx_api['cpu_per_1000'] / today['cpu_per_1000']:.2f}x).")
-    for engine in ("exporter", "exporter+aiohttp", "client", "client+aiohttp"):
+    for now, before in (("exporter", "exporter-httpcore"), ("client", "client-httpcore")):
+        cpu = {(r["engine"], r["sniffio"]): r["cpu_per_1000"] for r in measured
+               if r["loop"] == "asyncio"}
+        for sn in ("absent", "installed"):  # as a fresh install has it, where both were run
+            if (now, sn) in cpu and (before, sn) in cpu:
+                out.append(f"{ENGINES[now]}: {cpu[(now, sn)]:.3f} s per 1,000 calls against "
+                           f"{cpu[(before, sn)]:.3f} s before "
+                           f"({cpu[(now, sn)] / cpu[(before, sn)]:.2f}x; asyncio, sniffio {sn}).")
+                break
+    for engine in ("exporter", "exporter-httpcore", "client", "client-httpcore"):
         pairs = {(r["loop"], r["sniffio"]): r["cpu_per_1000"] for r in measured
                  if r["engine"] == engine}
         for sn in ("absent", "installed"):
@@ -326,7 +390,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--no-venv", action="store_true",
                    help="this interpreter and what it has installed, not a fresh venv")
-    p.add_argument("--quick", action="store_true", help="three engines, asyncio only, few calls")
+    p.add_argument("--quick", action="store_true", help="four engines, asyncio only, few calls")
     p.add_argument("--latency", type=float, default=0.05)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--calls", type=int, default=None, help="calls measured per run")

@@ -33,6 +33,7 @@ import json
 import random
 import re
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -557,6 +558,11 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, fake: FakeGraph):
         self.fake = fake
         super().__init__(("127.0.0.1", 0), _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a client that aborts its connection (aiohttp after a bad answer) is fine
+        super().handle_error(request, client_address)
 
 
 # --- way 2: an in-process httpx transport --------------------------------------------------

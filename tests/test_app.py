@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from prometheus_client import generate_latest
 
 from fake_graph import FakeGraph, hang
 from threads_exporter.app import Exporter
@@ -42,13 +43,14 @@ def test_unfinished_account_answers_at_the_deadline_as_timeout(hanging_exporter)
 
 
 def test_slow_encoding_is_kept_in_reserve_so_answers_stay_in_time(hanging_exporter):
-    def slow_encode(families: list) -> bytes:
+    def slow_gzip(body: bytes) -> bytes:
         time.sleep(0.6)
         return b"encoded"
 
     # The first exposition learns how long encoding takes.
-    hanging_exporter.exposition(time.monotonic() + 1.5, None, slow_encode)
+    hanging_exporter.exposition(time.monotonic() + 1.5, None, generate_latest, slow_gzip)
     start = time.monotonic()
-    assert hanging_exporter.exposition(start + 1.5, None, slow_encode) == b"encoded"
+    assert hanging_exporter.exposition(start + 1.5, None, generate_latest,
+                                       slow_gzip) == b"encoded"
     # Without the reserve: 1.5 s waiting for the account plus 0.6 s encoding, past 2 s.
     assert time.monotonic() - start < 2.0

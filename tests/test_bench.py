@@ -66,5 +66,7 @@ def test_engines_quick_measures_the_exporters_transport() -> None:
     run = _run("engines.py", "--quick", "--no-venv")
     lines = [line for line in run.stdout.splitlines() if line.startswith("| exporter's")]
     assert lines, run.stdout
-    today = next(line for line in lines if "pools of 8): today | asyncio" in line)
+    today = next(line for line in lines if "one pool of 64): today | asyncio" in line)
+    before = next(line for line in lines if "pools of 8: before | asyncio" in line)
+    assert before.split("|")[4].strip().endswith(" s"), before
     assert today.split("|")[4].strip().endswith(" s"), today  # measured, not an error

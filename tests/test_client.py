@@ -226,7 +226,7 @@ def test_permission_failure_falls_back_per_group_and_is_remembered(fake_graph: F
     calls = [r.query["fields"] for r in fake_graph.requests("publishing_limit")]
     assert len(calls) == 1 + 4 + 1
     assert "delete" not in calls[-1]
-    assert client.stats.errors[("brand", "publishing_limit", "permission")] == 2
+    assert client.stats.of("brand").errors[("publishing_limit", "permission")] == 2
 
 
 def test_permission_on_every_group_is_a_permission_failure(fake_graph: FakeGraph):
@@ -242,8 +242,8 @@ def test_transient_failure_is_retried_once(fake_graph: FakeGraph):
     quotas, client = run(fake_graph, lambda c: c.read_quotas(ACCOUNT, deadline()))
     assert "posts" in quotas
     assert fake_graph.calls(TOKEN) == 2
-    assert client.stats.requests[("brand", "publishing_limit")] == 2
-    assert client.stats.errors[("brand", "publishing_limit", "server_error")] == 1
+    assert client.stats.of("brand").requests["publishing_limit"] == 2
+    assert client.stats.of("brand").errors[("publishing_limit", "server_error")] == 1
 
 
 @pytest.mark.parametrize("code", [4, 17, 32, 613, 190, 100, 24])
@@ -390,4 +390,4 @@ def test_usage_headers_become_ratios_when_present():
 def test_usage_headers_are_recorded_per_account(fake_graph: FakeGraph):
     fake_graph.token(TOKEN, healthy(3, headers={"X-App-Usage": '{"call_count": 40}'}))
     _, client = run(fake_graph, lambda c: c.read_quotas(ACCOUNT, deadline()))
-    assert client.stats.usage == {("brand", "app", "call_count"): 0.4}
+    assert client.stats.of("brand").usage == {("app", "call_count"): 0.4}

@@ -1,8 +1,8 @@
 """The running exporter's lifecycle: one event loop thread that owns the client, the quota
 reader and the container tracker; scrapes by deadline, registration, reload, shutdown.
 
-HTTP handler threads hand scrapes to the loop and get plain snapshots back; metric families
-are then built in the handler thread, fresh for every scrape.
+A scrape takes a plain snapshot on the loop; its families are built and encoded off the
+loop (from per-account fragments that outlive the scrape, see exposition.py).
 """
 
 from __future__ import annotations
@@ -22,9 +22,15 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import CollectorRegistry
 
 from threads_exporter import __version__
-from threads_exporter.calls import api_families
+from threads_exporter.calls import api_families, call_families, latency_family
 from threads_exporter.config import Config, ConfigError, load_config
-from threads_exporter.containers.families import ContainerSnapshot, container_families
+from threads_exporter.containers.families import (
+    ContainerSnapshot,
+    account_inputs,
+    container_families,
+    pressure_families,
+    status_families,
+)
 from threads_exporter.containers.storage import open_store
 from threads_exporter.containers.store import StoreError
 from threads_exporter.containers.tracker import (
@@ -38,6 +44,7 @@ from threads_exporter.containers.tracker import (
     UnknownAccount,
     tracking_enabled,
 )
+from threads_exporter.exposition import Encoder, Exposition, Families, Part
 from threads_exporter.graph.client import ThreadsClient
 from threads_exporter.graph.stats import ApiStats
 from threads_exporter.metrics import gauge
@@ -47,6 +54,9 @@ from threads_exporter.redact import REDACT
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Encoding one account's share of a part (say its quota families) afresh: a generous guess
+# until a scrape has measured it (~0.05-0.1 ms on this decade's CPUs).
+ENCODE_SECONDS_GUESS = 0.0002
 
 # What register() and containers() raise, for the HTTP front to answer (it imports no deeper).
 __all__ = ["FULL", "INVALID", "KNOWN", "NEW", "UNKNOWN", "Exporter", "Snapshot", "StoreError",
@@ -73,7 +83,11 @@ class Exporter:
         self.config_path = config_path
         self.reload_ok = True
         self.reloaded_at = time.time()
-        self._render_reserve = 0.0  # seconds the last expositions took to build and encode
+        # What rendering costs, learnt from scrapes: seconds besides encoding fragments, and
+        # seconds per fragment encoded afresh (decaying maxima).
+        self._render_fixed = 0.0
+        self._encode_seconds = ENCODE_SECONDS_GUESS
+        self._exposition = Exposition()
         REDACT.set_secrets(config.secrets())
         # First, so a state file locked by another exporter fails start-up before anything runs.
         store, store_error = (open_store(config.containers.state_path)
@@ -111,25 +125,66 @@ class Exporter:
         (a time.monotonic() value)."""
         return self._families(self._wait(deadline, account), account)
 
-    def exposition(self, deadline: float, account: str | None,
-                   encode: Callable[[list[Metric]], T]) -> T:
-        return self.call(self.exposition_async(deadline, account, encode),
+    def exposition(self, deadline: float, account: str | None, encoder: Encoder,
+                   finish: Callable[[bytes], bytes] | None = None) -> bytes:
+        return self.call(self.exposition_async(deadline, account, encoder, finish),
                          timeout=max(0.0, deadline - time.monotonic()) + 10)
 
-    async def exposition_async(self, deadline: float, account: str | None,
-                               encode: Callable[[list[Metric]], T]) -> T:
-        """A scrape, encoded. Building and encoding the families is CPU work and runs off
-        the loop, so API calls in flight never stall behind it; the time it took is kept in
-        reserve from later scrapes' deadlines, so a large exposition still arrives in time."""
-        snapshot = await self._snapshot(max(deadline - self._render_reserve,
-                                            time.monotonic() + 0.05),
+    async def exposition_async(self, deadline: float, account: str | None, encoder: Encoder,
+                               finish: Callable[[bytes], bytes] | None = None) -> bytes:
+        """A scrape, encoded (and then passed through `finish`, say gzip). Building and
+        encoding the families is CPU work and runs off the loop, so API calls in flight never
+        stall behind it; the time it took is kept in reserve from later scrapes' deadlines,
+        so a large exposition still arrives in time."""
+        # Kept back from the deadline: rendering at the worst, when every account's readings
+        # changed (10,000 accounts failing at once), so that even that scrape is in time.
+        parts = 4 if self.tracker.storage.store is not None else 2
+        reserve = (self._render_fixed + self._encode_seconds * parts * len(self.config.accounts)
+                   if account is None else 0.0)
+        snapshot = await self._snapshot(max(deadline - reserve, time.monotonic() + 0.05),
                                         None if account is None else [account])
         start = time.monotonic()
-        encoded = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: encode(self._families(snapshot, account)))
-        # A decaying maximum: one slow render is remembered for a while, not for ever.
-        self._render_reserve = max(time.monotonic() - start, self._render_reserve * 0.8)
+
+        def render() -> bytes:
+            if account is not None:
+                body = encoder(Families(self._families(snapshot, account)))
+            else:
+                body = self._encode(snapshot, encoder)
+            return body if finish is None else finish(body)
+
+        encoded = await asyncio.get_running_loop().run_in_executor(None, render)
+        if account is None:
+            # Decaying maxima: one slow render is remembered for a while, not for ever.
+            took, e = time.monotonic() - start, self._exposition
+            self._render_fixed = max(took - e.miss_seconds, self._render_fixed * 0.8)
+            if e.misses >= 100:  # enough to tell the cost of one
+                self._encode_seconds = max(e.miss_seconds / e.misses, self._encode_seconds * 0.8)
         return encoded
+
+    def _encode(self, snapshot: Snapshot, encoder: Encoder) -> bytes:
+        names = [a.name for a in self.config.accounts]
+        stats = snapshot.stats
+        parts: list[Part[Any]] = [
+            Part("quotas", lambda pairs: quota_families(r for _, r in pairs),
+                 [(r.account, r) for r in snapshot.readings]),
+            Part("calls", call_families, [(a, stats.of(a)) for a in names])]
+        tail = [latency_family(stats)]
+        containers = snapshot.containers
+        tail += container_families(ContainerSnapshot(containers.store_ok, None,
+                                                     containers.enabled), names)
+        tallies = containers.tallies
+        if containers.enabled and tallies is not None:
+            status, pressure = account_inputs(tallies)
+            parts += [
+                Part("container statuses",
+                     lambda pairs: status_families(tallies, [a for a, _ in pairs]),
+                     [(a, status.get(a, ())) for a in names]),
+                Part("container pressure",
+                     lambda pairs: pressure_families(tallies, [a for a, _ in pairs]),
+                     [(a, pressure.get(a, ())) for a in names])]
+        tail += self._own_families()
+        tail += self._runtime_families()
+        return self._exposition.encode(encoder, parts, tail)
 
     def _wait(self, deadline: float, account: str | None) -> Snapshot:
         deadline = max(deadline, time.monotonic() + 0.05)

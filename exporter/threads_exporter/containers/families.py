@@ -41,15 +41,21 @@ def container_families(snapshot: ContainerSnapshot, accounts: Sequence[str]) -> 
         return []
     health = gauge("threads_exporter_container_store_up")
     health.add_metric([], 1 if snapshot.store_ok else 0)
-    t = snapshot.tallies
-    if t is None:
+    if snapshot.tallies is None:
         return [health]
+    return [health, *account_families(snapshot.tallies, accounts)]
+
+
+def account_families(t: Tallies, accounts: Sequence[str]) -> list[Metric]:
+    """The per-account container families (all but the store's health)."""
+    return status_families(t, accounts) + pressure_families(t, accounts)
+
+
+def status_families(t: Tallies, accounts: Sequence[str]) -> list[Metric]:
+    """What changes only when a container changes status: counts, counters, processing."""
     containers = gauge("threads_containers")
     changes = counter("threads_container_status_changes_total")
     errors = counter("threads_container_errors_total")
-    stuck = gauge("threads_containers_stuck")
-    backlog = gauge("threads_containers_poll_backlog")
-    unanswered = gauge("threads_containers_unanswered")
     processing = histogram("threads_container_processing_seconds")
     statuses = LABEL_VALUES["status"]
     c = t.counters
@@ -59,10 +65,37 @@ def container_families(snapshot: ContainerSnapshot, accounts: Sequence[str]) -> 
             changes.add_metric([a, s], c.get((STATUS_CHANGES, a, s), 0))
         for m in LABEL_VALUES["error_message"]:
             errors.add_metric([a, m], c.get((ERRORS, a, m), 0))
-        stuck.add_metric([a], t.stuck.get(a, 0))
-        backlog.add_metric([a], t.backlog.get(a, 0))
-        unanswered.add_metric([a], t.unanswered.get(a, 0))
         counts = [int(c.get((PROCESSING, a, le), 0)) for le in _PROCESSING_LABELS]
         processing.add_metric([a], histogram_buckets(PROCESSING_BUCKETS, counts),
                               c.get((PROCESSING, a, PROCESSING_SUM), 0.0))
-    return [health, containers, changes, errors, stuck, backlog, unanswered, processing]
+    return [containers, changes, errors, processing]
+
+
+def pressure_families(t: Tallies, accounts: Sequence[str]) -> list[Metric]:
+    """What moves with every poll round: stuck, backlog, unanswered."""
+    stuck = gauge("threads_containers_stuck")
+    backlog = gauge("threads_containers_poll_backlog")
+    unanswered = gauge("threads_containers_unanswered")
+    for a in accounts:
+        stuck.add_metric([a], t.stuck.get(a, 0))
+        backlog.add_metric([a], t.backlog.get(a, 0))
+        unanswered.add_metric([a], t.unanswered.get(a, 0))
+    return [stuck, backlog, unanswered]
+
+
+Inputs = dict[str, list[tuple[object, ...]]]
+
+
+def account_inputs(t: Tallies) -> tuple[Inputs, Inputs]:
+    """What status_families and pressure_families read, grouped by account (accounts with
+    no containers and no history are absent): equal inputs give an equal exposition."""
+    status: Inputs = {}
+    for (a, s), n in t.counts.items():
+        status.setdefault(a, []).append((s, n))
+    for (f, a, label), v in t.counters.items():
+        status.setdefault(a, []).append((f, label, v))
+    pressure: Inputs = {}
+    for kind, d in (("stuck", t.stuck), ("backlog", t.backlog), ("unanswered", t.unanswered)):
+        for a, n in d.items():
+            pressure.setdefault(a, []).append((kind, n))
+    return status, pressure

@@ -13,13 +13,12 @@ import hmac
 import html
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import Collector
 
 from threads_exporter import __version__
 from threads_exporter.app import (
@@ -106,27 +105,20 @@ def scrape_budget(header: str | None, offset: float) -> float:
     return max(0.05, min(timeout, MAX_SCRAPE_TIMEOUT) - offset)
 
 
-class _Families(Collector):
-    """Adapts an already-built list of families to prometheus_client's encoders."""
-
-    def __init__(self, families: Iterable[Any]):
-        self._families = list(families)
-
-    def collect(self) -> Iterable[Any]:
-        return self._families
+def _gzip(body: bytes) -> bytes:
+    # Level 1: at 10,000 accounts (35 MB of text) it takes a third of level 5's time for a
+    # body 10% larger, and the scrape's CPU is what runs short at that size.
+    return gzip.compress(body, compresslevel=1)
 
 
 async def metrics(request: Request, account: str | None = None) -> web.StreamResponse:
     encoder, content_type = choose_encoder(request.headers.get("Accept") or "")
     compress = "gzip" in (request.headers.get("Accept-Encoding") or "")
 
-    def encode(families: list[Any]) -> bytes:
-        body: bytes = encoder(_Families(families))
-        return gzip.compress(body, compresslevel=5) if compress else body
-
     budget = scrape_budget(request.headers.get("X-Prometheus-Scrape-Timeout-Seconds"),
                            request.server.timeout_offset)
-    body = await request.exporter.exposition_async(time.monotonic() + budget, account, encode)
+    body = await request.exporter.exposition_async(time.monotonic() + budget, account, encoder,
+                                                   _gzip if compress else None)
     response = web.Response(status=HTTPStatus.OK, body=body,
                             headers={"Content-Type": content_type})
     if compress:
