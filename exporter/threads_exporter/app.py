@@ -142,7 +142,7 @@ class Exporter:
         reserve = (self._render_fixed + self._encode_seconds * parts * len(self.config.accounts)
                    if account is None else 0.0)
         snapshot = await self._snapshot(max(deadline - reserve, time.monotonic() + 0.05),
-                                        None if account is None else [account])
+                                        None if account is None else [account], deadline)
         start = time.monotonic()
 
         def render() -> bytes:
@@ -201,9 +201,13 @@ class Exporter:
                 + container_families(snapshot.containers, [a.name for a in self.config.accounts])
                 + self._own_families() + list(self._runtime_families()))
 
-    async def _snapshot(self, deadline: float, names: list[str] | None) -> Snapshot:
-        readings, containers = await asyncio.gather(self.quotas.scrape(deadline, names),
-                                                    self.tracker.scrape(deadline, names))
+    async def _snapshot(self, deadline: float, names: list[str] | None,
+                        poll_until: float | None = None) -> Snapshot:
+        """The readings and tallies as of the deadline; container polls may go on until
+        `poll_until` (the scrape's own deadline) while the scrape is rendered."""
+        readings, containers = await asyncio.gather(
+            self.quotas.scrape(deadline, names),
+            self.tracker.scrape(deadline, names, poll_until))
         return Snapshot(readings, self.stats.copy(), containers)
 
     def _own_families(self) -> list[Metric]:

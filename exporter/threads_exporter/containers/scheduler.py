@@ -47,11 +47,15 @@ class Scheduler:
         # Seconds one poll takes; decides how many polls still fit before a deadline.
         self.latency = min(0.5, client.api.timeout_seconds)
 
-    async def poll(self, scope: tuple[str, ...] | None, poll_deadline: float) -> None:
-        """Poll what is due in a scope until the deadline, then wait for its commit."""
+    async def poll(self, scope: tuple[str, ...] | None, poll_deadline: float,
+                   poll_until: float | None = None) -> None:
+        """Poll what is due in a scope until the deadline, then wait for its commit. With
+        `poll_until` (later), the round goes on polling until then in the background: the
+        scrape is rendered and sent meanwhile, and what lands shows in the next scrape."""
         round_ = self._rounds.get(scope)
         if round_ is None or round_.done():
-            round_ = asyncio.create_task(self._round(scope, poll_deadline))
+            until = poll_deadline if poll_until is None else max(poll_until, poll_deadline)
+            round_ = asyncio.create_task(self._round(scope, until))
             self._rounds[scope] = round_
         await asyncio.wait({round_}, timeout=max(0.0, poll_deadline - self.monotonic()))
         await self.flush()

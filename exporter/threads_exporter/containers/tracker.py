@@ -171,13 +171,15 @@ class ContainerTracker:
     # --- scraping ---
 
     async def scrape(self, deadline: float, names: Sequence[str] | None = None,
-                     ) -> ContainerSnapshot:
+                     poll_until: float | None = None) -> ContainerSnapshot:
         """Poll what is due and fits before the deadline (monotonic), then report. Never
-        later than the deadline: a slow disk yields the previous snapshot instead."""
+        later than the deadline: a slow disk yields the previous snapshot instead. Polling
+        goes on until `poll_until` (the scrape's own deadline, past the snapshot's) in the
+        background."""
         if self.storage.store is None:
             return ContainerSnapshot(store_ok=False, enabled=self.storage.error is not None)
         try:
-            return await asyncio.wait_for(self._scrape(deadline, names),
+            return await asyncio.wait_for(self._scrape(deadline, names, poll_until),
                                           max(0.0, deadline - self.monotonic()))
         except TimeoutError:
             # Slow is not broken: store_up says whether the file takes writes, and a scrape
@@ -191,13 +193,14 @@ class ContainerTracker:
             log.exception("container tracking failed during a scrape")
         return ContainerSnapshot(store_ok=False, tallies=self._last.tallies)
 
-    async def _scrape(self, deadline: float, names: Sequence[str] | None) -> ContainerSnapshot:
+    async def _scrape(self, deadline: float, names: Sequence[str] | None,
+                      poll_until: float | None) -> ContainerSnapshot:
         await self.storage.run(self._maintain, self.clock())
         self.storage.recovered()
         # Keep back time to commit results and read the tallies after the last poll.
         reserve = min(0.25, 0.2 * max(0.0, deadline - self.monotonic()))
         await self.scheduler.poll(tuple(names) if names is not None else None,
-                                  deadline - reserve)
+                                  deadline - reserve, poll_until)
         now = self.clock()
         tallies = await self.storage.run(self.storage.require().tallies, now,
                                          now - self.policy.stuck_after)
