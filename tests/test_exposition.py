@@ -4,6 +4,7 @@ scraper can negotiate, before and after accounts change, appear and go."""
 
 from __future__ import annotations
 
+import gzip
 from typing import Any
 
 import pytest
@@ -107,6 +108,9 @@ def test_joined_fragments_equal_the_library_encoding(accept: str) -> None:
     fewer = [*ACCOUNTS[2:], "new"]
     parts, tail, whole = scrape(fewer, stats_of(fewer), tallies(fewer), readings(fewer))
     assert exposition.encode(encoder, parts, tail) == encoder(Families(whole))
+    # Compressed family by family, it is one gzip stream of the same bytes.
+    assert gzip.decompress(exposition.encode(encoder, parts, tail, gzip=True)) == \
+        encoder(Families(whole))
 
 
 def test_an_unchanged_account_is_not_encoded_again() -> None:

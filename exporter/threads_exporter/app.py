@@ -12,6 +12,7 @@ import logging
 import platform
 import threading
 import time
+import zlib
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -44,7 +45,7 @@ from threads_exporter.containers.tracker import (
     UnknownAccount,
     tracking_enabled,
 )
-from threads_exporter.exposition import Encoder, Exposition, Families, Part
+from threads_exporter.exposition import GZIP_LEVEL, Encoder, Exposition, Families, Part
 from threads_exporter.graph.client import ThreadsClient
 from threads_exporter.graph.stats import ApiStats
 from threads_exporter.metrics import gauge
@@ -126,13 +127,15 @@ class Exporter:
         return self._families(self._wait(deadline, account), account)
 
     def exposition(self, deadline: float, account: str | None, encoder: Encoder,
-                   finish: Callable[[bytes], bytes] | None = None) -> bytes:
-        return self.call(self.exposition_async(deadline, account, encoder, finish),
+                   finish: Callable[[bytes], bytes] | None = None, *,
+                   gzip: bool = False) -> bytes:
+        return self.call(self.exposition_async(deadline, account, encoder, finish, gzip=gzip),
                          timeout=max(0.0, deadline - time.monotonic()) + 10)
 
     async def exposition_async(self, deadline: float, account: str | None, encoder: Encoder,
-                               finish: Callable[[bytes], bytes] | None = None) -> bytes:
-        """A scrape, encoded (and then passed through `finish`, say gzip). Building and
+                               finish: Callable[[bytes], bytes] | None = None, *,
+                               gzip: bool = False) -> bytes:
+        """A scrape, encoded, gzip-compressed if asked, then passed through `finish`. Building and
         encoding the families is CPU work and runs off the loop, so API calls in flight never
         stall behind it; the time it took is kept in reserve from later scrapes' deadlines,
         so a large exposition still arrives in time."""
@@ -148,8 +151,9 @@ class Exporter:
         def render() -> bytes:
             if account is not None:
                 body = encoder(Families(self._families(snapshot, account)))
+                body = zlib.compress(body, GZIP_LEVEL, 16 + zlib.MAX_WBITS) if gzip else body
             else:
-                body = self._encode(snapshot, encoder)
+                body = self._encode(snapshot, encoder, gzip)
             return body if finish is None else finish(body)
 
         encoded = await asyncio.get_running_loop().run_in_executor(None, render)
@@ -161,7 +165,7 @@ class Exporter:
                 self._encode_seconds = max(e.miss_seconds / e.misses, self._encode_seconds * 0.8)
         return encoded
 
-    def _encode(self, snapshot: Snapshot, encoder: Encoder) -> bytes:
+    def _encode(self, snapshot: Snapshot, encoder: Encoder, gzip: bool) -> bytes:
         names = [a.name for a in self.config.accounts]
         stats = snapshot.stats
         parts: list[Part[Any]] = [
@@ -184,7 +188,7 @@ class Exporter:
                      [(a, pressure.get(a, ())) for a in names])]
         tail += self._own_families()
         tail += self._runtime_families()
-        return self._exposition.encode(encoder, parts, tail)
+        return self._exposition.encode(encoder, parts, tail, gzip=gzip)
 
     def _wait(self, deadline: float, account: str | None) -> Snapshot:
         deadline = max(deadline, time.monotonic() + 0.05)
