@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 # Failures that will fail for every container of the account: stop asking until next scrape.
 ACCOUNT_WIDE = frozenset({RATE_LIMITED, TOKEN_INVALID})
-MAX_DUE_BATCH = 20_000
+MAX_DUE_BATCH = 4_000
 COMMIT_EVERY = 0.02  # seconds: poll results are committed in batches at most this often
 
 
