@@ -39,6 +39,7 @@ class Scheduler:
         self._inflight: set[tuple[str, str]] = set()
         # Polling rounds by scope (None: all accounts); overlapping scrapes share one.
         self._rounds: dict[tuple[str, ...] | None, asyncio.Task[None]] = {}
+        self._until: dict[tuple[str, ...] | None, float] = {}  # each round's deadline
         self._pending: list[Change] = []
         self._flusher: asyncio.Task[None] | None = None
         # Done once the results now pending, and the batch being committed, are committed.
@@ -52,15 +53,18 @@ class Scheduler:
         """Poll what is due in a scope until the deadline, then wait for its commit. With
         `poll_until` (later), the round goes on polling until then in the background: the
         scrape is rendered and sent meanwhile, and what lands shows in the next scrape."""
+        until = poll_deadline if poll_until is None else max(poll_until, poll_deadline)
         round_ = self._rounds.get(scope)
         if round_ is None or round_.done():
-            until = poll_deadline if poll_until is None else max(poll_until, poll_deadline)
-            round_ = asyncio.create_task(self._round(scope, until))
+            self._until[scope] = until
+            round_ = asyncio.create_task(self._round(scope))
             self._rounds[scope] = round_
+        else:  # a later scrape extends the round under way
+            self._until[scope] = max(self._until[scope], until)
         await asyncio.wait({round_}, timeout=max(0.0, poll_deadline - self.monotonic()))
         await self.flush()
 
-    async def _round(self, scope: tuple[str, ...] | None, poll_deadline: float) -> None:
+    async def _round(self, scope: tuple[str, ...] | None) -> None:
         """Poll due containers, oldest-due first, with a few workers; a worker starts a poll
         only if it can finish before the deadline, so nothing queues up past it. Each worker
         makes at least one poll, so a deadline shorter than one poll still makes progress
@@ -74,8 +78,8 @@ class Scheduler:
         first = True
         # Fetch about as many as the time left allows, poll them, and fetch more while time
         # remains (the estimate of a poll's latency improves as answers come in).
-        while first or poll_deadline - self.monotonic() >= self.latency:
-            room = max(0.0, poll_deadline - self.monotonic())
+        while first or self._until[scope] - self.monotonic() >= self.latency:
+            room = max(0.0, self._until[scope] - self.monotonic())
             limit = min(MAX_DUE_BATCH, workers * (int(room / max(self.latency, 0.005)) + 1))
             try:
                 rows = await self.storage.run(self.storage.require().due, self.clock(), limit,
@@ -86,13 +90,13 @@ class Scheduler:
                           if r.key not in self._inflight and r.account not in blocked)
             if not queue or self.storage.error is not None:
                 return
-            await asyncio.gather(*(self._work(queue, blocked, poll_deadline, first)
+            await asyncio.gather(*(self._work(queue, blocked, scope, first)
                                    for _ in range(min(workers, len(queue)))))
             first = False
 
-    async def _work(self, queue: deque[Row], blocked: set[str], poll_deadline: float,
+    async def _work(self, queue: deque[Row], blocked: set[str], scope: tuple[str, ...] | None,
                     first: bool) -> None:
-        while queue and (first or self.monotonic() + self.latency <= poll_deadline):
+        while queue and (first or self.monotonic() + self.latency <= self._until[scope]):
             row = queue.popleft()
             if row.account in blocked or row.key in self._inflight:
                 continue

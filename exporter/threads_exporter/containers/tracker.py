@@ -25,6 +25,7 @@ from threads_exporter.graph.client import ThreadsClient
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 60.0  # seconds between retention sweeps
+MAX_CARRY = 300.0  # seconds polling goes on after a scrape, at most (the longest usual interval)
 # Seconds between proofs that the disk takes writes when nothing else is written: each is an
 # fsync, which scrapes every few seconds must not each pay for. While the store is failing,
 # every scrape tries again, so recovery shows at once.
@@ -69,6 +70,7 @@ class ContainerTracker:
         self._last_prune = 0.0
         self._last_heartbeat = float("-inf")
         self._last = ContainerSnapshot(store_ok=False)
+        self._scraped: dict[tuple[str, ...] | None, float] = {}  # latest scrape, by scope
         self.reconfigure(config)
 
     @property
@@ -195,12 +197,18 @@ class ContainerTracker:
 
     async def _scrape(self, deadline: float, names: Sequence[str] | None,
                       poll_until: float | None) -> ContainerSnapshot:
+        scope = tuple(names) if names is not None else None
+        started = self.monotonic()
+        previous, self._scraped[scope] = self._scraped.get(scope), started
+        if poll_until is not None and previous is not None:
+            # Polling goes on until about when the next scrape comes, so containers are polled
+            # at their own interval, not only while a scrape waits; with no scraper it stops.
+            poll_until = max(poll_until, started + min(started - previous, MAX_CARRY))
         await self.storage.run(self._maintain, self.clock())
         self.storage.recovered()
         # Keep back time to commit results and read the tallies after the last poll.
         reserve = min(0.25, 0.2 * max(0.0, deadline - self.monotonic()))
-        await self.scheduler.poll(tuple(names) if names is not None else None,
-                                  deadline - reserve, poll_until)
+        await self.scheduler.poll(scope, deadline - reserve, poll_until)
         now = self.clock()
         tallies = await self.storage.run(self.storage.require().tallies, now,
                                          now - self.policy.stuck_after)

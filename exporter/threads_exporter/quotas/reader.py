@@ -66,6 +66,7 @@ class _AccountState:
     token_task: asyncio.Future[None] | None = None
     verified: bool = False  # a numeric user_id was checked against the token's user
     misconfigured: ApiError | None = None  # the user_id is not the token's: no more calls
+    reading: tuple[tuple[object, ...], Reading] | None = None  # the latest, and what it came of
 
 
 def backoff_delay(reason: str, failures: int) -> float:
@@ -231,6 +232,15 @@ class QuotaReader:
             state.token_task = None
 
     def _reading(self, state: _AccountState) -> Reading:
+        # The same Reading while nothing changed: the exposition then reuses its encoding
+        # without comparing it field by field (10,000 of them every scrape).
+        key = (state.quotas, state.error, state.task is None, state.last_success,
+               state.token_expiry)
+        if state.reading is None or state.reading[0] != key:
+            state.reading = (key, self._new_reading(state))
+        return state.reading[1]
+
+    def _new_reading(self, state: _AccountState) -> Reading:
         name = state.account.name
         last, expiry = state.last_success, state.token_expiry
         if state.quotas is not None and state.task is None:
