@@ -238,3 +238,28 @@ def test_a_probe_is_not_held_up_by_another_scrape_still_polling(tmp_path: Path) 
     assert families["threads_exporter_container_store_up"].samples[0].value == 1
     polled = {s.labels["status"]: s.value for s in families["threads_containers"].samples}
     assert polled["IN_PROGRESS"] == 1
+
+
+def test_polling_goes_on_between_scrapes_and_stops_without_a_scraper(
+        fake_graph: FakeGraph, container_config: Callable[..., Path],
+        run_exporter: Callable[..., RunningExporter]) -> None:
+    """Scraped every ~3 s, a container due every second is polled in between too (at its own
+    interval, not the scrape interval); once scrapes stop, so does polling."""
+    fake_graph.token(BRAND_TOKEN, healthy(20))
+    fake_graph.container("401", *[container("IN_PROGRESS")] * 200)
+    config = container_config(fake_graph.base_url, track=[{"account": "brand", "id": "401"}])
+    exporter = run_exporter("--config.file", str(config))
+    exporter.metrics()
+    time.sleep(3)
+    exporter.metrics()
+    after_scrape = len(fake_graph.polls("401"))
+    # No scrape from here on: polls keep coming at about one a second for ~3 s.
+    wait_for(lambda: len(fake_graph.polls("401")) >= after_scrape + 2, timeout=15,
+             what="polls between scrapes")
+    # The carried window is at most the last interval (3 s, bounded by MAX_CARRY): polling
+    # stops, and the count stays put.
+    def settled() -> bool:
+        before = len(fake_graph.polls("401"))
+        time.sleep(2.5)
+        return len(fake_graph.polls("401")) == before
+    wait_for(settled, timeout=30, what="polling to stop without a scraper")

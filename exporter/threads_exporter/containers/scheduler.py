@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 # Failures that will fail for every container of the account: stop asking until next scrape.
 ACCOUNT_WIDE = frozenset({RATE_LIMITED, TOKEN_INVALID})
 MAX_DUE_BATCH = 4_000
+IDLE_STEP = 1.0  # seconds between due queries while nothing is due
 COMMIT_EVERY = 0.02  # seconds: poll results are committed in batches at most this often
 
 
@@ -40,6 +41,11 @@ class Scheduler:
         # Polling rounds by scope (None: all accounts); overlapping scrapes share one.
         self._rounds: dict[tuple[str, ...] | None, asyncio.Task[None]] = {}
         self._until: dict[tuple[str, ...] | None, float] = {}  # each round's deadline
+        # Set while a round has nothing due and waits for something to be; a scrape wakes it.
+        self._idle: dict[tuple[str, ...] | None, asyncio.Event] = {}
+        self._wake: dict[tuple[str, ...] | None, asyncio.Event] = {}
+        # Accounts failing account-wide (throttled, dead token): skipped until the next scrape.
+        self._blocked: dict[tuple[str, ...] | None, set[str]] = {}
         self._pending: list[Change] = []
         self._flusher: asyncio.Task[None] | None = None
         # Done once the results now pending, and the batch being committed, are committed.
@@ -54,14 +60,25 @@ class Scheduler:
         `poll_until` (later), the round goes on polling until then in the background: the
         scrape is rendered and sent meanwhile, and what lands shows in the next scrape."""
         until = poll_deadline if poll_until is None else max(poll_until, poll_deadline)
+        idle = self._idle.setdefault(scope, asyncio.Event())
+        self._blocked.setdefault(scope, set()).clear()
         round_ = self._rounds.get(scope)
         if round_ is None or round_.done():
             self._until[scope] = until
+            idle.clear()
             round_ = asyncio.create_task(self._round(scope))
             self._rounds[scope] = round_
-        else:  # a later scrape extends the round under way
+        else:  # a later scrape extends the round under way, and wakes it if it waits
             self._until[scope] = max(self._until[scope], until)
-        await asyncio.wait({round_}, timeout=max(0.0, poll_deadline - self.monotonic()))
+            idle.clear()
+            self._wake.setdefault(scope, asyncio.Event()).set()
+        # Until what is due now is polled (the round is idle or over), or the deadline.
+        caught_up = asyncio.ensure_future(idle.wait())
+        try:
+            await asyncio.wait({round_, caught_up}, return_when=asyncio.FIRST_COMPLETED,
+                               timeout=max(0.0, poll_deadline - self.monotonic()))
+        finally:
+            caught_up.cancel()
         await self.flush()
 
     async def _round(self, scope: tuple[str, ...] | None) -> None:
@@ -74,7 +91,9 @@ class Scheduler:
         if not accounts:
             return
         workers = self.client.poll_capacity  # the client keeps the rest for quotas
-        blocked: set[str] = set()  # accounts failing account-wide in this round
+        blocked = self._blocked.setdefault(scope, set())
+        idle = self._idle.setdefault(scope, asyncio.Event())
+        wake = self._wake.setdefault(scope, asyncio.Event())
         first = True
         # Fetch about as many as the time left allows, poll them, and fetch more while time
         # remains (the estimate of a poll's latency improves as answers come in).
@@ -88,8 +107,20 @@ class Scheduler:
                 return
             queue = deque(r for r in rows
                           if r.key not in self._inflight and r.account not in blocked)
-            if not queue or self.storage.error is not None:
+            if self.storage.error is not None:
                 return
+            if not queue:
+                rest = self._until[scope] - self.monotonic()
+                if rest < IDLE_STEP:
+                    return
+                # Nothing due: look again in a while (or when a scrape asks) until the round
+                # ends, so containers are polled at their interval between scrapes too.
+                wake.clear()
+                idle.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), IDLE_STEP)
+                idle.clear()
+                continue
             await asyncio.gather(*(self._work(queue, blocked, scope, first)
                                    for _ in range(min(workers, len(queue)))))
             first = False
