@@ -12,9 +12,8 @@ import logging
 import platform
 import threading
 import time
-import zlib
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
@@ -45,7 +44,7 @@ from threads_exporter.containers.tracker import (
     UnknownAccount,
     tracking_enabled,
 )
-from threads_exporter.exposition import GZIP_LEVEL, Encoder, Exposition, Families, Part
+from threads_exporter.exposition import Encoder, Exposition, Families, Part, gzipped
 from threads_exporter.graph.client import ThreadsClient
 from threads_exporter.graph.stats import ApiStats
 from threads_exporter.metrics import gauge
@@ -64,12 +63,6 @@ __all__ = ["FULL", "INVALID", "KNOWN", "NEW", "UNKNOWN", "Exporter", "Snapshot",
            "TooMany", "UnknownAccount"]
 
 
-def _without_track(config: Config) -> Config:
-    """The config as the running exporter keeps it: its `track` entries go into the store,
-    which holds them from then on (a config may list 100,000)."""
-    return replace(config, containers=replace(config.containers, track=()))
-
-
 @dataclass(frozen=True)
 class Snapshot:
     readings: list[Reading]
@@ -80,7 +73,7 @@ class Snapshot:
 class Exporter:
     def __init__(self, config: Config, config_path: str | None = None, *,
                  transport: httpx.AsyncBaseTransport | None = None):
-        self.config = _without_track(config)
+        self.config = config.without_track()
         self.config_path = config_path
         self.reload_ok = True
         self.reloaded_at = time.time()
@@ -141,8 +134,9 @@ class Exporter:
         so a large exposition still arrives in time."""
         # Kept back from the deadline: rendering at the worst, when every account's readings
         # changed (10,000 accounts failing at once), so that even that scrape is in time.
-        parts = 4 if self.tracker.storage.store is not None else 2
-        reserve = (self._render_fixed + self._encode_seconds * parts * len(self.config.accounts)
+        # Before the first scrape, as if every account had all four parts.
+        shares = self._exposition.shares or 4 * len(self.config.accounts)
+        reserve = (self._render_fixed + self._encode_seconds * shares
                    if account is None else 0.0)
         snapshot = await self._snapshot(max(deadline - reserve, time.monotonic() + 0.05),
                                         None if account is None else [account], deadline)
@@ -151,7 +145,7 @@ class Exporter:
         def render() -> bytes:
             if account is not None:
                 body = encoder(Families(self._families(snapshot, account)))
-                body = zlib.compress(body, GZIP_LEVEL, 16 + zlib.MAX_WBITS) if gzip else body
+                body = gzipped([body]) if gzip else body
             else:
                 body = self._encode(snapshot, encoder, gzip)
             return body if finish is None else finish(body)
@@ -273,7 +267,7 @@ class Exporter:
                 return str(e)
             REDACT.add_secrets(config.secrets())
             await self._adopt(config)
-            self.config = _without_track(config)
+            self.config = config.without_track()
             self.reload_ok = True
             self.reloaded_at = time.time()
             log.info("config reloaded", extra={"accounts": len(config.accounts)})
@@ -281,7 +275,7 @@ class Exporter:
 
     async def _adopt(self, config: Config) -> None:
         await self.client.reconfigure(config.api)
-        self.quotas.reconfigure(_without_track(config))
+        self.quotas.reconfigure(config.without_track())
         self.tracker.reconfigure(config)
         await self.tracker.track(config.containers.track)
 

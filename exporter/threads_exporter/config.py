@@ -121,6 +121,11 @@ class Config:
                        elsewhere={a.name: shard.owner(a.name) for a in self.accounts
                                   if a.name not in names})
 
+    def without_track(self) -> Config:
+        """The config as the running exporter keeps it: its `track` entries go into the
+        store, which holds them from then on (a config may list 100,000)."""
+        return replace(self, containers=replace(self.containers, track=()))
+
     @cached_property
     def _by_name(self) -> dict[str, Account]:
         return {a.name: a for a in self.accounts}

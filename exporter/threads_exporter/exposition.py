@@ -34,6 +34,14 @@ I = TypeVar("I")  # noqa: E741 - an account's input
 Encoder = Callable[[Collector], bytes]
 
 
+def gzipped(pieces: Iterable[bytes]) -> bytes:
+    """One gzip stream of the pieces, compressed as they come."""
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    out = [compressor.compress(piece) for piece in pieces]
+    out.append(compressor.flush())
+    return b"".join(out)
+
+
 class Families(Collector):
     """An already-built list of families, as prometheus_client's encoders take them."""
 
@@ -122,7 +130,8 @@ class Exposition:
     def __init__(self) -> None:
         self._lock = threading.Lock()  # scrapes from two Prometheus servers take turns
         self._dialects: dict[Any, _Dialect] = {}
-        self.misses = 0  # (account, part) shares the latest scrape encoded afresh
+        self.shares = 0  # (account, part) shares in the latest scrape
+        self.misses = 0  # of those, encoded afresh
         self.miss_seconds = 0.0  # and the time that took
         # (dialect's samples, part) -> account -> (input, samples of each family)
         self._fragments: dict[tuple[bytes, str], dict[str, tuple[Any, tuple[bytes, ...]]]] = {}
@@ -133,17 +142,14 @@ class Exposition:
         gzip-compressed family by family if asked, so that the whole uncompressed body (40 MB
         at 10,000 accounts with containers) never sits in memory at once."""
         with self._lock:
-            if not gzip:
-                return b"".join(self._encode(encoder, parts, tail))
-            compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-            out = [compressor.compress(piece) for piece in self._encode(encoder, parts, tail)]
-            out.append(compressor.flush())
-            return b"".join(out)
+            pieces = self._encode(encoder, parts, tail)
+            return gzipped(pieces) if gzip else b"".join(pieces)
 
     def _encode(self, encoder: Encoder, parts: Sequence[Part[Any]],
                 tail: Iterable[Metric]) -> Iterator[bytes]:
         """The exposition in pieces of a family each."""
         self.misses, self.miss_seconds = 0, 0.0
+        self.shares = sum(len(part.inputs) for part in parts)
         key = _key(encoder)
         dialect = self._dialects.get(key)
         if dialect is None:

@@ -10,7 +10,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
 from typing import Any
 
 from threads_exporter.config import Config, ContainersConfig, TrackedContainer, valid_container_id
@@ -79,7 +78,7 @@ class ContainerTracker:
 
     def reconfigure(self, config: Config) -> None:
         """Adopt a config; its `track` entries are for track(), and are not kept here."""
-        kept = replace(config, containers=replace(config.containers, track=()))
+        kept = config.without_track()
         self.config = kept
         self.policy = Policy.from_config(config.containers)
         self.scheduler.config, self.scheduler.policy = kept, self.policy
