@@ -181,7 +181,11 @@ def test_ten_thousand_containers_within_the_scrape_timeout(
     assert max(polls.values()) == 1  # none polled twice within its interval
     polled = sum(polls.values())
     assert 300 < polled < n  # real progress, but not everything at once
-    assert backlogs == sorted(backlogs, reverse=True) and backlogs[-1] < n
+    # Under load the first scrape may end before the state file is read (it then reports no
+    # container series, there being no earlier reading); the ones that report it shrink.
+    reported = [b for b in backlogs if b is not None]
+    assert len(reported) >= 3 and backlogs[1:] == reported[-3:]
+    assert reported == sorted(reported, reverse=True) and reported[-1] < n
     # Oldest due first: all were due at once, so the ids polled are any; none twice.
 
 
