@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client.exposition import choose_encoder
 
+from threads_exporter import exposition as exposition_module
 from threads_exporter.calls import call_families, latency_family
 from threads_exporter.containers.families import (
     account_families,
@@ -64,12 +65,12 @@ def scrape(accounts: list[str], stats: ApiStats, t: Tallies, rs: list[Reading]
     status, pressure = account_inputs(t)
     parts: list[Part[Any]] = [
         Part("quotas", lambda pairs: quota_families(r for _, r in pairs),
-             [(r.account, r) for r in rs]),
-        Part("calls", call_families, [(a, stats.of(a)) for a in accounts]),
+             [r.account for r in rs], rs),
+        Part("calls", call_families, accounts, [stats.of(a) for a in accounts]),
         Part("container statuses", lambda pairs: status_families(t, [a for a, _ in pairs]),
-             [(a, status.get(a, ())) for a in accounts]),
+             accounts, [status.get(a, ()) for a in accounts]),
         Part("container pressure", lambda pairs: pressure_families(t, [a for a, _ in pairs]),
-             [(a, pressure.get(a, ())) for a in accounts]),
+             accounts, [pressure.get(a, ()) for a in accounts]),
     ]
     tail = [latency_family(stats)]
     whole = (quota_families(rs) + call_families((a, stats.of(a)) for a in accounts)
@@ -86,8 +87,15 @@ def stats_of(accounts: list[str]) -> ApiStats:
     return stats
 
 
+@pytest.fixture(params=[2, exposition_module.CHUNK], ids=["chunks of 2", "default chunks"])
+def chunk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Accounts per packed chunk: small, so that six accounts span three chunks."""
+    monkeypatch.setattr(exposition_module, "CHUNK", request.param)
+    return int(request.param)
+
+
 @pytest.mark.parametrize("accept", ACCEPTS.values(), ids=ACCEPTS.keys())
-def test_joined_fragments_equal_the_library_encoding(accept: str) -> None:
+def test_joined_fragments_equal_the_library_encoding(accept: str, chunk: int) -> None:
     encoder, _ = choose_encoder(accept)
     exposition = Exposition()
     stats = stats_of(ACCOUNTS)
@@ -113,6 +121,43 @@ def test_joined_fragments_equal_the_library_encoding(accept: str) -> None:
         encoder(Families(whole))
 
 
+def test_a_change_repacks_only_its_chunk(chunk: int) -> None:
+    encoder, _ = choose_encoder("")
+    built: list[str] = []
+
+    def build(pairs: list[tuple[str, Reading]]) -> list[Any]:
+        built.extend(a for a, _ in pairs)
+        return quota_families(r for _, r in pairs)
+
+    names = [f"acct{i}" for i in range(7)]
+    exposition = Exposition()
+    rs = readings(names)
+    first = exposition.encode(encoder, [Part("quotas", build, names, rs)], [])
+    assert built == names
+    # Unchanged: the very same packed bytes go out again, nothing is encoded.
+    built.clear()
+    assert exposition.encode(encoder, [Part("quotas", build, names, list(rs))], []) == first
+    assert built == [] and exposition.misses == 0
+    # One account in the middle changes: only it is encoded, the result is still exact.
+    rs[3] = readings([names[3]], down={names[3]})[0]
+    assert exposition.encode(encoder, [Part("quotas", build, names, rs)], []) == \
+        encoder(Families(quota_families(rs)))
+    assert built == [names[3]]
+    # An account inserted in front shifts every chunk: the others come from the cache.
+    built.clear()
+    more, more_rs = ["first", *names], [*readings(["first"]), *rs]
+    assert exposition.encode(encoder, [Part("quotas", build, more, more_rs)], []) == \
+        encoder(Families(quota_families(more_rs)))
+    assert built == ["first"]
+
+
+def test_accounts_and_values_must_pair_up() -> None:
+    rs = readings(["a", "b"])
+    with pytest.raises(ValueError, match="2 accounts, 1 values"):
+        Exposition().encode(choose_encoder("")[0],
+                            [Part("quotas", quota_families, ["a", "b"], rs[:1])], [])
+
+
 def test_an_unchanged_account_is_not_encoded_again() -> None:
     encoder, _ = choose_encoder("")
     built: list[str] = []
@@ -123,11 +168,11 @@ def test_an_unchanged_account_is_not_encoded_again() -> None:
 
     exposition = Exposition()
     rs = readings(["a", "b", "c"])
-    exposition.encode(encoder, [Part("quotas", build, [(r.account, r) for r in rs])], [])
+    exposition.encode(encoder, [Part("quotas", build, [r.account for r in rs], rs)], [])
     assert built == ["a", "b", "c"]
     built.clear()
     rs[1] = readings(["b"], down={"b"})[0]
-    exposition.encode(encoder, [Part("quotas", build, [(r.account, r) for r in rs])], [])
+    exposition.encode(encoder, [Part("quotas", build, [r.account for r in rs], rs)], [])
     assert built == ["b"]
 
 
@@ -148,7 +193,8 @@ def test_text_and_openmetrics_share_fragments_other_escapings_do_not() -> None:
         return quota_families(r for _, r in pairs)
 
     exposition = Exposition()
-    part = Part("quotas", build, [(r.account, r) for r in readings(["a", "b"])])
+    rs = readings(["a", "b"])
+    part = Part("quotas", build, [r.account for r in rs], rs)
     exposition.encode(choose_encoder("")[0], [part], [])
     exposition.encode(choose_encoder(ACCEPTS["Prometheus 3"])[0], [part], [])
     assert built == ["a", "b"]

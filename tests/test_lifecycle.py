@@ -3,7 +3,9 @@ POST /-/reload with bad and good configs."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -11,10 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from exposition import Samples, scrape, value
 from fake_graph import FakeGraph, hang, healthy
 from procs import Proc, RunningExporter, free_port, json_logs, wait_http
+from threads_exporter.cli import fix_mmap_threshold
 from waiting import eventually, wait_for
 
 # Runs the exporter with a file size limit: every write past it fails with EFBIG, as writes
@@ -177,3 +181,39 @@ def test_a_burst_of_sighups_is_never_lost_and_the_newest_config_wins(
 
     eventually(newest, timeout=15)
     assert exporter.stop() == 0
+
+
+# In a fresh interpreter: free a 4 MiB block (glibc serves it from its own mapping), then
+# say where a 512 KiB block comes from: the heap (glibc raised its mmap threshold past it on
+# that free) or a mapping of its own (given back to the system when freed).
+MMAP_PROBE = """
+import sys
+from threads_exporter.cli import fix_mmap_threshold
+if sys.argv[1] == "fixed":
+    assert fix_mmap_threshold({})
+heap = next(line.split()[0] for line in open("/proc/self/maps")
+            if line.rstrip().endswith("[heap]"))
+big = bytes(4 << 20)
+del big
+block = bytes(512 << 10)
+lo, hi = (int(x, 16) for x in heap.split("-"))
+print("heap" if lo <= id(block) < hi else "mapping")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "confstr") or not os.confstr("CS_GNU_LIBC_VERSION"),
+                    reason="glibc's allocator only")
+def test_large_blocks_keep_their_own_mappings_after_a_larger_one_is_freed() -> None:
+    def where(mode: str) -> str:
+        out = subprocess.run([sys.executable, "-c", MMAP_PROBE, mode], capture_output=True,
+                             text=True, timeout=60, env={**os.environ, "GLIBC_TUNABLES": ""})
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    assert where("glibc's default") == "heap"  # what fix_mmap_threshold is there for
+    assert where("fixed") == "mapping"
+
+
+def test_an_operators_malloc_tunable_is_left_alone() -> None:
+    assert not fix_mmap_threshold({"MALLOC_MMAP_THRESHOLD_": "65536"})
+    assert not fix_mmap_threshold({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"})

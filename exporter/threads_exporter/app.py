@@ -26,13 +26,15 @@ from threads_exporter.calls import api_families, call_families, latency_family
 from threads_exporter.config import Config, ConfigError, load_config
 from threads_exporter.containers.families import (
     ContainerSnapshot,
-    account_inputs,
+    Inputs,
     container_families,
     pressure_families,
+    pressure_inputs,
     status_families,
+    status_inputs,
 )
 from threads_exporter.containers.storage import open_store
-from threads_exporter.containers.store import StoreError
+from threads_exporter.containers.store import StoreError, Tallies
 from threads_exporter.containers.tracker import (
     FULL,
     INVALID,
@@ -82,6 +84,11 @@ class Exporter:
         self._render_fixed = 0.0
         self._encode_seconds = ENCODE_SECONDS_GUESS
         self._exposition = Exposition()
+        # The latest tallies and their inputs per account: while a half of the tallies is
+        # unchanged, its inputs are the same objects, which the exposition compares by
+        # identity instead of by value, 10,000 accounts each scrape.
+        self._status_seen: tuple[Any, Inputs] = (None, {})
+        self._pressure_seen: tuple[Any, Inputs] = (None, {})
         REDACT.set_secrets(config.secrets())
         # First, so a state file locked by another exporter fails start-up before anything runs.
         store, store_error = (open_store(config.containers.state_path)
@@ -162,27 +169,37 @@ class Exporter:
     def _encode(self, snapshot: Snapshot, encoder: Encoder, gzip: bool) -> bytes:
         names = [a.name for a in self.config.accounts]
         stats = snapshot.stats
+        readings = snapshot.readings
         parts: list[Part[Any]] = [
             Part("quotas", lambda pairs: quota_families(r for _, r in pairs),
-                 [(r.account, r) for r in snapshot.readings]),
-            Part("calls", call_families, [(a, stats.of(a)) for a in names])]
+                 [r.account for r in readings], readings),
+            Part("calls", call_families, names, [stats.of(a) for a in names])]
         tail = [latency_family(stats)]
         containers = snapshot.containers
         tail += container_families(ContainerSnapshot(containers.store_ok, None,
                                                      containers.enabled), names)
         tallies = containers.tallies
         if containers.enabled and tallies is not None:
-            status, pressure = account_inputs(tallies)
+            status, pressure = self._account_inputs(tallies)
             parts += [
                 Part("container statuses",
                      lambda pairs: status_families(tallies, [a for a, _ in pairs]),
-                     [(a, status.get(a, ())) for a in names]),
+                     names, [status.get(a, ()) for a in names]),
                 Part("container pressure",
                      lambda pairs: pressure_families(tallies, [a for a, _ in pairs]),
-                     [(a, pressure.get(a, ())) for a in names])]
+                     names, [pressure.get(a, ()) for a in names])]
         tail += self._own_families()
         tail += self._runtime_families()
         return self._exposition.encode(encoder, parts, tail, gzip=gzip)
+
+    def _account_inputs(self, t: Tallies) -> tuple[Inputs, Inputs]:
+        status_key = (t.counts, t.counters)
+        if self._status_seen[0] != status_key:
+            self._status_seen = (status_key, status_inputs(t))
+        pressure_key = (t.stuck, t.backlog, t.unanswered)
+        if self._pressure_seen[0] != pressure_key:
+            self._pressure_seen = (pressure_key, pressure_inputs(t))
+        return self._status_seen[1], self._pressure_seen[1]
 
     def _wait(self, deadline: float, account: str | None) -> Snapshot:
         deadline = max(deadline, time.monotonic() + 0.05)

@@ -89,13 +89,21 @@ Inputs = dict[str, list[tuple[object, ...]]]
 def account_inputs(t: Tallies) -> tuple[Inputs, Inputs]:
     """What status_families and pressure_families read, grouped by account (accounts with
     no containers and no history are absent): equal inputs give an equal exposition."""
+    return status_inputs(t), pressure_inputs(t)
+
+
+def status_inputs(t: Tallies) -> Inputs:
     status: Inputs = {}
     for (a, s), n in t.counts.items():
         status.setdefault(a, []).append((s, n))
     for (f, a, label), v in t.counters.items():
         status.setdefault(a, []).append((f, label, v))
+    return status
+
+
+def pressure_inputs(t: Tallies) -> Inputs:
     pressure: Inputs = {}
     for kind, d in (("stuck", t.stuck), ("backlog", t.backlog), ("unanswered", t.unanswered)):
         for a, n in d.items():
             pressure.setdefault(a, []).append((kind, n))
-    return status, pressure
+    return pressure
