@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,10 @@ import yaml
 from fake_graph import FakeGraph, container, healthy
 from threads_exporter.app import Exporter
 from threads_exporter.config import Config, load_config, parse_config
+from threads_exporter.containers import scheduler
+from threads_exporter.containers.store import Store
+from threads_exporter.containers.tracker import ContainerTracker
+from threads_exporter.graph.client import ThreadsClient
 from threads_exporter.web.server import Limits
 
 API_TOKEN = "s3cret-api-token"
@@ -240,3 +245,36 @@ def test_a_long_track_list_registers_every_entry_once(tmp_path: Path,
             exporter.close()
         assert sorted((c["account"], c["id"]) for c in listed) == sorted(
             (t["account"], t["id"]) for t in track)
+
+
+def test_a_container_registered_between_scrapes_is_polled_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle round (nothing tracked) would look again only after its step; a registration
+    wakes it. The step is made far longer than the wait, so only the wake can pass."""
+    monkeypatch.setattr(scheduler, "IDLE_STEP", 60.0)
+    config = parse_config({
+        "accounts": [{"name": "brand", "access_token": "t"}],
+        "containers": {"state_path": str(tmp_path / "s.db"), "api_token": "a"}}, env={})
+    fake = FakeGraph().token("t", healthy(10))
+    fake.container("501", *[container("IN_PROGRESS")] * 5)
+
+    async def main() -> None:
+        client = ThreadsClient(config.api, transport=fake.transport())
+        tracker = ContainerTracker(client, config, Store(config.containers.state_path))
+        try:
+            start = time.monotonic()
+            # A scrape whose polling goes on for two minutes in the background.
+            await tracker.scrape(start + 1, poll_until=start + 120)
+            await asyncio.sleep(0.2)  # the round is idle by now, with nothing tracked
+            assert fake.polls("501") == []
+            await tracker.register("brand", "501")
+            for _ in range(200):  # up to 10 s
+                if fake.polls("501"):
+                    break
+                await asyncio.sleep(0.05)
+            assert fake.polls("501"), "not polled after its registration"
+        finally:
+            await tracker.aclose()
+            await client.aclose()
+
+    asyncio.run(main())

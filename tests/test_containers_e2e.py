@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import statistics
 import subprocess
 import threading
 import time
@@ -267,3 +268,25 @@ def test_polling_goes_on_between_scrapes_and_stops_without_a_scraper(
         time.sleep(2.5)
         return len(fake_graph.polls("401")) == before
     wait_for(settled, timeout=30, what="polling to stop without a scraper")
+
+
+def test_between_scrapes_a_container_is_polled_at_its_interval_not_a_step_late(
+        fake_graph: FakeGraph, container_config: Callable[..., Path],
+        run_exporter: Callable[..., RunningExporter]) -> None:
+    """Its answer takes half a second; it is due a second after the poll started. An idle
+    round that looked again only every second would poll it every 1.5 s."""
+    fake_graph.token(BRAND_TOKEN, healthy(20))
+    fake_graph.container("402", *[container("IN_PROGRESS")] * 200)
+    fake_graph.latency = {"container": 0.5}
+    config = container_config(fake_graph.base_url, track=[{"account": "brand", "id": "402"}])
+    exporter = run_exporter("--config.file", str(config))
+    exporter.metrics()
+    time.sleep(4)
+    exporter.metrics()
+    first = len(fake_graph.polls("402"))
+    wait_for(lambda: len(fake_graph.polls("402")) >= first + 4, timeout=20,
+             what="polls after the scrape")
+    times = fake_graph.polls("402")[first - 1:]
+    # Arrival times: load lengthens some gaps, never shortens one; the median stays near 1 s.
+    gaps = sorted(b - a for a, b in itertools.pairwise(times))
+    assert 0.95 < statistics.median(gaps) < 1.3, gaps

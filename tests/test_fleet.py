@@ -127,8 +127,10 @@ def _failures_at(prom: render.Prometheus, at: float) -> float:
     return float(got[0]["value"][1]) if got else 0.0
 
 
-def _last_scrape(prom: render.Prometheus, at: float) -> float:
-    (sample,) = prom.instant('timestamp(up{job="threads-exporter"})', at=at)
+def _scrape_end(prom: render.Prometheus, at: float) -> float:
+    """When the last scrape at or before `at` ended (its start plus its duration)."""
+    (sample,) = prom.instant('timestamp(scrape_duration_seconds{job="threads-exporter"}) + '
+                             'scrape_duration_seconds{job="threads-exporter"}', at=at)
     return float(sample["value"][1])
 
 
@@ -170,10 +172,10 @@ def test_failures_bar_chart_adds_up_to_the_new_failures(running: fleet.Fleet) ->
         listing["containers"] += page["containers"]
         if (after := page["next"]) is None:
             break
-    # The exporter polls during a scrape: a failure found by the scrape at `ts` finishes
-    # within that scrape and is in its sample. The range's first and last samples are the
-    # scrapes at or before `start` and `end`.
-    lo, hi = (_last_scrape(prom, t) + SCRAPE / 2 for t in (start, end))
+    # Polling goes on between scrapes: a scrape reports the failures committed before it read
+    # the tallies, at its end. The range's first and last samples are the scrapes at or
+    # before `start` and `end`; the bars count the failures between their ends.
+    lo, hi = (_scrape_end(prom, t) for t in (start, end))
     truth = sum(1 for c in listing["containers"]
                 if c["status"] == "ERROR" and c["finished_at"]
                 and lo < datetime.fromisoformat(c["finished_at"]).timestamp() <= hi)

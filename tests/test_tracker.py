@@ -24,6 +24,7 @@ from threads_exporter.containers.policy import (
     observed,
     poll_interval,
 )
+from threads_exporter.containers.scheduler import IDLE_STEP, MIN_IDLE_STEP, idle_wait
 from threads_exporter.containers.store import Row, Tallies
 from threads_exporter.fields import ERROR_MESSAGES, error_label
 from threads_exporter.graph.errors import ApiError
@@ -246,3 +247,13 @@ def test_refused_containers_back_off_and_transient_failures_keep_the_pace() -> N
     answered = observed(replace(row, refusals=3), ContainerStatus("PUBLISHED"), 1000.0, 1000.0,
                         DEFAULTS)
     assert answered.fields["refusals"] == 0 and answered.fields["error_reason"] is None
+
+
+def test_an_idle_round_looks_again_when_the_next_container_is_due() -> None:
+    assert idle_wait(soonest=100.3, now=100.0) == pytest.approx(0.3)
+    # Never later than a step (a registration may come meanwhile) nor sooner than the
+    # results in flight take to commit; with nothing tracked, a step.
+    assert idle_wait(soonest=500.0, now=100.0) == IDLE_STEP
+    assert idle_wait(soonest=99.0, now=100.0) == MIN_IDLE_STEP
+    assert idle_wait(soonest=None, now=100.0) == IDLE_STEP
+

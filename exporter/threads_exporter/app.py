@@ -193,13 +193,16 @@ class Exporter:
         return self._exposition.encode(encoder, parts, tail, gzip=gzip)
 
     def _account_inputs(self, t: Tallies) -> tuple[Inputs, Inputs]:
-        status_key = (t.counts, t.counters)
-        if self._status_seen[0] != status_key:
-            self._status_seen = (status_key, status_inputs(t))
-        pressure_key = (t.stuck, t.backlog, t.unanswered)
-        if self._pressure_seen[0] != pressure_key:
-            self._pressure_seen = (pressure_key, pressure_inputs(t))
-        return self._status_seen[1], self._pressure_seen[1]
+        # Renders of two scrapes may run at once (on the executor's threads): each works on
+        # its own copy, so neither returns the other's inputs.
+        status = self._status_seen
+        if status[0] != (t.counts, t.counters):
+            status = self._status_seen = ((t.counts, t.counters), status_inputs(t))
+        pressure = self._pressure_seen
+        if pressure[0] != (t.stuck, t.backlog, t.unanswered):
+            pressure = self._pressure_seen = ((t.stuck, t.backlog, t.unanswered),
+                                              pressure_inputs(t))
+        return status[1], pressure[1]
 
     def _wait(self, deadline: float, account: str | None) -> Snapshot:
         deadline = max(deadline, time.monotonic() + 0.05)

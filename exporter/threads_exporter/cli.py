@@ -81,7 +81,7 @@ def fix_mmap_threshold(environ: dict[str, str] | os._Environ[str] = os.environ) 
     system when freed. By default glibc raises that threshold to the largest block freed so
     far (up to 32 MiB); after a scrape's multi-megabyte buffers, the next ones are carved from
     the heap, where they leave holes it cannot give back: at 10,000 accounts and 100,000
-    containers the peak RSS was 205 MB with the moving threshold and 142 MB without it.
+    containers the benchmark's peak RSS was 205 MB with the moving threshold, 147 MB without.
     Nothing is changed where the operator set a malloc tunable, or off glibc. True if set."""
     if "MALLOC_MMAP_THRESHOLD_" in environ or "glibc.malloc" in environ.get("GLIBC_TUNABLES", ""):
         return False

@@ -129,7 +129,7 @@ class _Dialect:
 
 
 # Accounts per chunk: a scrape re-packs only the chunks holding a changed account, so the
-# copying (and the memory held twice meanwhile) is a chunk's, never a whole family's.
+# copying is a chunk's, not a whole family's.
 CHUNK = 256
 
 
@@ -240,7 +240,7 @@ class Exposition:
                 else:
                     fragments.append(self._miss(dialect, part, account, value))
             chunks.append(_Chunk(names, inputs, fragments))
-        # Released before the next part is packed: a part's old chunks are gone once replaced.
+        # The part's replaced chunks go now, before the next part is packed.
         self._packed[key] = _Packed(accounts, chunks)
         return chunks
 

@@ -23,8 +23,17 @@ log = logging.getLogger(__name__)
 # Failures that will fail for every container of the account: stop asking until next scrape.
 ACCOUNT_WIDE = frozenset({RATE_LIMITED, TOKEN_INVALID})
 MAX_DUE_BATCH = 4_000
-IDLE_STEP = 1.0  # seconds between due queries while nothing is due
+IDLE_STEP = 1.0  # seconds between due queries while nothing is due, at most
+MIN_IDLE_STEP = 0.05  # and at least (polled results are committed within COMMIT_EVERY)
 COMMIT_EVERY = 0.02  # seconds: poll results are committed in batches at most this often
+
+
+def idle_wait(soonest: float | None, now: float) -> float:
+    """Seconds to wait, with nothing due now, before looking again: until the soonest
+    container is due (`soonest`, a Unix time; None: none tracked), within the idle steps."""
+    if soonest is None:
+        return IDLE_STEP
+    return min(IDLE_STEP, max(MIN_IDLE_STEP, soonest - now))
 
 
 class Scheduler:
@@ -81,6 +90,11 @@ class Scheduler:
             caught_up.cancel()
         await self.flush()
 
+    def wake(self) -> None:
+        """Something became due (a registration): idle rounds look again now."""
+        for event in self._wake.values():
+            event.set()
+
     async def _round(self, scope: tuple[str, ...] | None) -> None:
         """Poll due containers, oldest-due first, with a few workers; a worker starts a poll
         only if it can finish before the deadline, so nothing queues up past it. Each worker
@@ -100,9 +114,13 @@ class Scheduler:
         while first or self._until[scope] - self.monotonic() >= self.latency:
             room = max(0.0, self._until[scope] - self.monotonic())
             limit = min(MAX_DUE_BATCH, workers * (int(room / max(self.latency, 0.005)) + 1))
+            # Accounts failing account-wide, or gone in a reload, are left out of the
+            # query, so their due containers neither fill the batch nor count as due.
+            active = sorted(a for a in accounts
+                            if a not in blocked and self.config.account(a) is not None)
             try:
                 rows = await self.storage.run(self.storage.require().due, self.clock(), limit,
-                                              sorted(accounts))
+                                              active) if active else []
             except StoreError:
                 return
             queue = deque(r for r in rows
@@ -110,15 +128,26 @@ class Scheduler:
             if self.storage.error is not None:
                 return
             if not queue:
-                rest = self._until[scope] - self.monotonic()
-                if rest < IDLE_STEP:
+                # Nothing due: look again when the next container is due, or in a while (a
+                # registration or a scrape may bring something sooner; a scrape wakes the
+                # round), until the round ends, so containers are polled at their own
+                # interval between scrapes too, not a step late.
+                if rows:  # due, but in flight: until its result is committed
+                    committing = self._flusher is not None and not self._flusher.done()
+                    wait = MIN_IDLE_STEP if committing else IDLE_STEP
+                else:
+                    try:
+                        soonest = await self.storage.run(self.storage.require().next_due,
+                                                         active) if active else None
+                    except StoreError:
+                        return
+                    wait = idle_wait(soonest, self.clock())
+                if self._until[scope] - self.monotonic() < wait:
                     return
-                # Nothing due: look again in a while (or when a scrape asks) until the round
-                # ends, so containers are polled at their interval between scrapes too.
                 wake.clear()
                 idle.set()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), IDLE_STEP)
+                    await asyncio.wait_for(wake.wait(), wait)
                 idle.clear()
                 continue
             await asyncio.gather(*(self._work(queue, blocked, scope, first)

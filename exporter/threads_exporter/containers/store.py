@@ -322,6 +322,16 @@ class Store:
                           "ORDER BY next_poll_at LIMIT ?", [*args, limit])
         return [_row(r) for r in rows]
 
+    def next_due(self, accounts: Sequence[str] | None = None) -> float | None:
+        """When the soonest container still polled is due (None: there is none)."""
+        where, args = "next_poll_at IS NOT NULL", []
+        if accounts is not None:
+            where += f" AND account IN ({','.join('?' * len(accounts))})"
+            args = list(accounts)
+        rows = self._read(f"SELECT next_poll_at FROM containers WHERE {where} "
+                          "ORDER BY next_poll_at LIMIT 1", args)
+        return rows[0][0] if rows else None
+
     def unfinished_since(self, registered_before: float) -> list[Row]:
         """Containers not final yet that were registered before a time."""
         rows = self._read(f"SELECT {', '.join(_COLUMNS)} FROM containers "

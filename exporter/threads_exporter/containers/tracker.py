@@ -130,6 +130,8 @@ class ContainerTracker:
 
         done = await self.storage.run(register)
         self.storage.recovered()
+        if any(status == NEW for status, _ in done):
+            self.scheduler.wake()  # polled at once if polling goes on between scrapes
         for i, (status, row) in zip(valid, done, strict=True):
             results[i] = (status, describe(row, now, self.policy) if row else {})
             if status == NEW:
