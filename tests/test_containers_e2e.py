@@ -245,19 +245,27 @@ def test_a_probe_is_not_held_up_by_another_scrape_still_polling(tmp_path: Path) 
     assert polled["IN_PROGRESS"] == 1
 
 
+def _scraped_twice(fake_graph: FakeGraph, container_config: Callable[..., Path],
+                   run_exporter: Callable[..., RunningExporter], cid: str,
+                   interval: float) -> int:
+    """An exporter tracking one container that stays IN_PROGRESS (due every second),
+    scraped twice `interval` seconds apart; the container's polls so far."""
+    fake_graph.token(BRAND_TOKEN, healthy(20))
+    fake_graph.container(cid, *[container("IN_PROGRESS")] * 200)
+    config = container_config(fake_graph.base_url, track=[{"account": "brand", "id": cid}])
+    exporter = run_exporter("--config.file", str(config))
+    exporter.metrics()
+    time.sleep(interval)
+    exporter.metrics()
+    return len(fake_graph.polls(cid))
+
+
 def test_polling_goes_on_between_scrapes_and_stops_without_a_scraper(
         fake_graph: FakeGraph, container_config: Callable[..., Path],
         run_exporter: Callable[..., RunningExporter]) -> None:
     """Scraped every ~3 s, a container due every second is polled in between too (at its own
     interval, not the scrape interval); once scrapes stop, so does polling."""
-    fake_graph.token(BRAND_TOKEN, healthy(20))
-    fake_graph.container("401", *[container("IN_PROGRESS")] * 200)
-    config = container_config(fake_graph.base_url, track=[{"account": "brand", "id": "401"}])
-    exporter = run_exporter("--config.file", str(config))
-    exporter.metrics()
-    time.sleep(3)
-    exporter.metrics()
-    after_scrape = len(fake_graph.polls("401"))
+    after_scrape = _scraped_twice(fake_graph, container_config, run_exporter, "401", 3)
     # No scrape from here on: polls keep coming at about one a second for ~3 s.
     wait_for(lambda: len(fake_graph.polls("401")) >= after_scrape + 2, timeout=15,
              what="polls between scrapes")
@@ -275,15 +283,8 @@ def test_between_scrapes_a_container_is_polled_at_its_interval_not_a_step_late(
         run_exporter: Callable[..., RunningExporter]) -> None:
     """Its answer takes half a second; it is due a second after the poll started. An idle
     round that looked again only every second would poll it every 1.5 s."""
-    fake_graph.token(BRAND_TOKEN, healthy(20))
-    fake_graph.container("402", *[container("IN_PROGRESS")] * 200)
     fake_graph.latency = {"container": 0.5}
-    config = container_config(fake_graph.base_url, track=[{"account": "brand", "id": "402"}])
-    exporter = run_exporter("--config.file", str(config))
-    exporter.metrics()
-    time.sleep(4)
-    exporter.metrics()
-    first = len(fake_graph.polls("402"))
+    first = _scraped_twice(fake_graph, container_config, run_exporter, "402", 4)
     wait_for(lambda: len(fake_graph.polls("402")) >= first + 4, timeout=20,
              what="polls after the scrape")
     times = fake_graph.polls("402")[first - 1:]
