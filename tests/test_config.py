@@ -280,3 +280,23 @@ def test_a_described_value_says_what_it_was():
                                    "ops@example.com", "/run/secrets/x"])
 def test_short_harmless_values_are_still_quoted(value):
     assert f"got {value!r}" in error_of(minimal(user_id=value))
+
+
+@pytest.mark.parametrize("name", [TOKEN, f"brand-{TOKEN}"], ids=["the token", "inside"])
+@pytest.mark.parametrize("where", ["own token", "another account's", "registration token"])
+def test_an_account_named_after_a_secret_is_refused_without_showing_it(name, where):
+    other = {"name": "other", "access_token": TOKEN if where == "another account's" else "o"}
+    data = {"accounts": [
+        {"name": name, "access_token": TOKEN if where == "own token" else "t"}, other]}
+    if where == "registration token":
+        data["containers"] = {"api_token": TOKEN}
+    message = error_of(data)
+    assert message.startswith("accounts[0].name: holds one of the config's secrets")
+    assert TOKEN[:12] not in message
+
+
+def test_a_short_secret_inside_a_name_is_no_secret_in_it():
+    # Test configs use tokens like "t"; real ones are long. Only a whole name is refused.
+    assert parse_config({"accounts": [{"name": "support", "access_token": "t"}]}, {})
+    assert error_of({"accounts": [{"name": "t", "access_token": "t"}]}).startswith(
+        "accounts[0].name: holds")

@@ -136,8 +136,7 @@ class Config:
 
     def misdirected(self, account: str) -> str | None:
         """Where to go instead, for an account another shard serves."""
-        owner = self.elsewhere.get(account)
-        if owner is None or self.shard is None:
+        if (owner := self.elsewhere.get(account)) is None or self.shard is None:
             return None
         return (f"that account belongs to shard {owner}/{self.shard.total}; this is shard "
                 f"{self.shard}")
@@ -146,9 +145,7 @@ class Config:
         """Every secret string in this config, for redaction."""
         found = [a.access_token for a in self.accounts]
         found += [a.app_access_token for a in self.accounts if a.app_access_token]
-        if self.containers.api_token:
-            found.append(self.containers.api_token)
-        return found
+        return [*found, self.containers.api_token] if self.containers.api_token else found
 
 
 def valid_container_id(value: object) -> bool:
@@ -402,6 +399,11 @@ def parse_config(data: Any, env: dict[str, str] | None = None) -> Config:
         containers=_containers(top.sub("containers"), accounts),
     )
     top.done()
+    secrets = config.secrets()
+    for i, account in enumerate(config.accounts):  # names are in every label and log line
+        if any(account.name == t or (len(t) >= 16 and t in account.name) for t in secrets):
+            raise ConfigError(f"accounts[{i}].name: holds one of the config's secrets (an "
+                              "access token?); it would be shown in labels and logs")
     return config
 
 
