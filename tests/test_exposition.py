@@ -14,9 +14,10 @@ from threads_exporter import exposition as exposition_module
 from threads_exporter.calls import call_families, latency_family
 from threads_exporter.containers.families import (
     account_families,
-    account_inputs,
     pressure_families,
+    pressure_inputs,
     status_families,
+    status_inputs,
 )
 from threads_exporter.containers.policy import ERRORS, PROCESSING, PROCESSING_SUM, STATUS_CHANGES
 from threads_exporter.containers.store import Tallies
@@ -62,7 +63,7 @@ def tallies(accounts: list[str], errors: int = 1) -> Tallies:
 def scrape(accounts: list[str], stats: ApiStats, t: Tallies, rs: list[Reading]
            ) -> tuple[list[Part[Any]], list[Any], list[Any]]:
     """The parts of a scrape, and the same families built whole (the reference)."""
-    status, pressure = account_inputs(t)
+    status, pressure = status_inputs(t), pressure_inputs(t)
     parts: list[Part[Any]] = [
         Part("quotas", lambda pairs: quota_families(r for _, r in pairs),
              [r.account for r in rs], rs),

@@ -86,13 +86,9 @@ def pressure_families(t: Tallies, accounts: Sequence[str]) -> list[Metric]:
 Inputs = dict[str, list[tuple[object, ...]]]
 
 
-def account_inputs(t: Tallies) -> tuple[Inputs, Inputs]:
-    """What status_families and pressure_families read, grouped by account (accounts with
-    no containers and no history are absent): equal inputs give an equal exposition."""
-    return status_inputs(t), pressure_inputs(t)
-
-
 def status_inputs(t: Tallies) -> Inputs:
+    """What status_families reads, grouped by account (accounts with no containers and no
+    history are absent): equal inputs give an equal exposition. Likewise pressure_inputs."""
     status: Inputs = {}
     for (a, s), n in t.counts.items():
         status.setdefault(a, []).append((s, n))

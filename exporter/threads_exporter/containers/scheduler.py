@@ -123,8 +123,7 @@ class Scheduler:
                                               active) if active else []
             except StoreError:
                 return
-            queue = deque(r for r in rows
-                          if r.key not in self._inflight and r.account not in blocked)
+            queue = deque(r for r in rows if r.key not in self._inflight)
             if self.storage.error is not None:
                 return
             if not queue:
