@@ -113,8 +113,14 @@ def test_a_reset_is_a_transport_error(fake_graph: FakeGraph, get: Get) -> None:
 
 def test_both_ways_log_the_same_requests(fake_graph: FakeGraph) -> None:
     fake_graph.token("t", healthy(3))
-    bodies = [json.loads(get(fake_graph, USER, access_token="t", fields="quota_usage").content)
-              for get in (over_http, in_process)]
+    bodies = []
+    for get in (over_http, in_process):
+        bodies.append(json.loads(get(fake_graph, USER, access_token="t",
+                                     fields="quota_usage").content))
+        # An answer over HTTP is in flight until its last byte is written, which may be just
+        # after the client has it.
+        wait_for(fake_graph.in_flight, until=lambda n: n == 0, timeout=10,
+                 what="the answer finished")
     assert bodies[0] == bodies[1]
     log = fake_graph.requests()
     assert [(r.path, r.token, r.endpoint, r.fields) for r in log] == [
