@@ -143,6 +143,17 @@ def test_a_body_past_the_head_limit_sent_with_its_head_is_read_as_a_body(running
     assert {"acct-00", "90210"} <= {v for c in listed["containers"] for v in c.values()}
 
 
+def test_a_hundred_pipelined_requests_in_one_write_are_all_answered(running: str) -> None:
+    """More than aiohttp queues at once (32): the rest wait in its parser and are answered in
+    turn, none refused as an oversized head."""
+    host, port = running.removeprefix("http://").split(":")
+    head = b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n"
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall((head + b"\r\n") * 99 + head + b"Connection: close\r\n\r\n")
+        answer = b"".join(iter(lambda: s.recv(65536), b""))
+    assert answer.count(b"HTTP/1.1 200 OK") == 100, answer[-300:]
+
+
 @pytest.mark.parametrize("path", [
     f"/?q={SCRIPT}", f"/probe?account={SCRIPT}", f"/probe?account=acct-00&account={SCRIPT}",
     f"/metrics?x={SCRIPT}", f"/{SCRIPT}", f"/-/healthy?{SCRIPT}", f"/-/ready/{SCRIPT}",

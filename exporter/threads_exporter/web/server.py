@@ -105,6 +105,9 @@ class _Protocol(RequestHandler):
             self._arm()  # the first byte of a new request starts its clock
         # aiohttp bounds a head by its lines only: the parser is fed at most max_head bytes
         # of an unfinished head, so a header bomb is refused before it is held.
+        if not data:
+            super().data_received(data)  # aiohttp's cue to parse the pipelined requests it holds
+            return
         limit = self._guard.limits.max_head
         while data and not (self._refused or self._force_close or self._close):
             if self._body is not None and not self._body.is_eof():
