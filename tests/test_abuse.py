@@ -3,6 +3,7 @@ and oversized requests, unknown paths, and markup smuggled in through any input.
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -152,6 +153,56 @@ def test_a_hundred_pipelined_requests_in_one_write_are_all_answered(running: str
         s.sendall((head + b"\r\n") * 99 + head + b"Connection: close\r\n\r\n")
         answer = b"".join(iter(lambda: s.recv(65536), b""))
     assert answer.count(b"HTTP/1.1 200 OK") == 100, answer[-300:]
+
+
+def answers(base: str, *writes: bytes) -> list[bytes]:
+    """The status codes answered on one connection to writes sent a moment apart (so that
+    each arrives in a read of its own), read until the server closes."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for data in writes:
+            s.sendall(data)
+            time.sleep(0.05)
+        got = b"".join(iter(lambda: s.recv(65536), b""))
+    return re.findall(rb"HTTP/1\.[01] (\d{3}) ", got)
+
+
+def registration(n: int, body: bytes | None = None, close: bool = False) -> tuple[bytes, bytes]:
+    """A registration POST's head, and its ~100 KB body."""
+    body = body or b'{"account": "acct-01", "id": "%d"}' % n + b" " * 100_000
+    return (b"POST /api/v1/containers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + API_TOKEN.encode() + b"\r\nContent-Type: application/json\r\n"
+            + (b"Connection: close\r\n" if close else b"")
+            + b"Content-Length: %d\r\n\r\n" % len(body), body)
+
+
+HEALTHY = b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n"
+BIG_LINES = b"".join(b"X-%d: %s\r\n" % (i, b"a" * 8000) for i in range(8))  # 64 KB
+
+
+def test_a_post_behind_forty_pipelined_requests_has_its_body_read_as_a_body(
+        running: str) -> None:
+    """Its head is parsed after aiohttp's queue of 32 drains; its 100 KB body still counts
+    as a body, not as a head."""
+    head, body = registration(7001, close=True)
+    assert answers(running, HEALTHY * 40 + head, body) == [b"200"] * 40 + [b"201"]
+
+
+def test_a_head_arriving_with_the_end_of_the_body_before_it_starts_its_own_count(
+        running: str) -> None:
+    first_head, first_body = registration(7002)
+    second_head, second_body = registration(7003, close=True)
+    assert answers(running, first_head, first_body + second_head, second_body) == [
+        b"201", b"201"]
+
+
+def test_a_head_that_begins_in_the_same_read_as_a_request_is_still_bounded(
+        running: str) -> None:
+    """64 KB of it arrives with the request before it and 64 KB more after: 431, not 200."""
+    second = b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n"
+    assert answers(running, HEALTHY + second + BIG_LINES, BIG_LINES + b"\r\n") == [
+        b"200", b"431"]
 
 
 @pytest.mark.parametrize("path", [

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import threading
 import time
@@ -88,6 +89,18 @@ def test_a_header_bomb_gets_431_and_memory_stays_bounded(target: RunningExporter
     # A head is refused at 64 KiB: ~13 MB for the 100 (64 lines of 8 KB each took 110-160 MB).
     assert peak_rss_mib(target.proc.popen.pid) - before < 40
     assert timed_scrape(target) < 5
+    every_line_structured(target)
+
+
+def test_an_oversized_head_behind_a_scrape_is_answered_after_it(target: RunningExporter) -> None:
+    """The scrape owed first is answered first, then the 431; nothing is logged as an error
+    (the refusal once cut the scrape's answer off)."""
+    big = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(
+        b"X-%d: %s\r\n" % (i, b"a" * 8000) for i in range(20)) + b"\r\n"
+    answer = exchange(target, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" + big)
+    assert re.findall(rb"HTTP/1\.[01] (\d{3}) ", answer) == [b"200", b"431"]
+    assert b"threads_up" in answer.split(b" 431 ")[0]
+    assert not [e for e in target.logs() if e["level"] == "error"]
     every_line_structured(target)
 
 

@@ -26,6 +26,7 @@ from aiohttp.web_protocol import RequestHandler
 from threads_exporter import __version__
 from threads_exporter.app import Exporter
 from threads_exporter.web.basicauth import BCRYPT_SLOTS
+from threads_exporter.web.heads import HeadLimitedHandler, HeadTooLarge, peer
 from threads_exporter.web.routes import (
     CONTAINERS_PATH,
     Request,
@@ -58,16 +59,13 @@ class Limits:
     shutdown_timeout: float = 0.5  # for requests in flight; SIGTERM must end the process in 2 s
 
 
-class _Protocol(RequestHandler):
-    """aiohttp's request handler, plus the connection cap, the request deadline and error
-    answers that do not quote the request."""
+class _Protocol(HeadLimitedHandler):
+    """aiohttp's request handler with heads bounded (heads.py), plus the connection cap, the
+    request deadline and error answers that do not quote the request."""
 
     _counted = False
     _deadline: asyncio.TimerHandle | None = None
     _busy = False
-    _refused = False  # answered 431; what the client still sends is dropped unread
-    _head_bytes = 0  # of the request head being received
-    _body: Any = None  # the payload of the last head parsed, while its body arrives
 
     @property
     def _guard(self) -> _Server:
@@ -103,43 +101,10 @@ class _Protocol(RequestHandler):
             return
         if self._deadline is None and not self._busy:
             self._arm()  # the first byte of a new request starts its clock
-        # aiohttp bounds a head by its lines only: the parser is fed at most max_head bytes
-        # of an unfinished head, so a header bomb is refused before it is held.
-        if not data:
-            super().data_received(data)  # aiohttp's cue to parse the pipelined requests it holds
-            return
-        limit = self._guard.limits.max_head
-        while data and not (self._refused or self._force_close or self._close):
-            if self._body is not None and not self._body.is_eof():
-                super().data_received(data)  # a body, bounded by its own limits
-                return
-            room = limit - self._head_bytes
-            if room <= 0:
-                self._refuse_head()
-                return
-            part, data = (data, b"") if len(data) <= room else (data[:room], data[room:])
-            self._head_bytes += len(part)
-            heads = self._request_count
-            super().data_received(part)
-            if self._request_count != heads and self._messages:
-                self._head_bytes = 0
-                self._body = self._messages[-1][1]
+        super().data_received(data)
 
-    def _refuse_head(self) -> None:
-        transport = self.transport
-        log.debug("bad request", extra={"client": _peer(transport), "status": 431,
-                                        "error": "request head too large"})
-        if transport is None:
-            return
-        self._refused = True
-        transport.write(_HEAD_TOO_LARGE)
-        # As Go does: shut our side and close a moment later, so that a client still
-        # sending can read the answer before the close resets the connection.
-        if isinstance(transport, asyncio.WriteTransport) and transport.can_write_eof():
-            transport.write_eof()
-            asyncio.get_running_loop().call_later(_LINGER, self.force_close)
-        else:
-            self.force_close()
+    def head_limit(self) -> int:
+        return self._guard.limits.max_head
 
     def eof_received(self) -> None:
         if self._counted:
@@ -166,7 +131,7 @@ class _Protocol(RequestHandler):
         self._deadline = None
         if not self._busy and self.transport is not None:
             log.debug("client too slow to send its request; closed", extra={
-                "client": _peer(self.transport)})
+                "client": peer(self.transport)})
             self.transport.close()
 
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
@@ -175,21 +140,17 @@ class _Protocol(RequestHandler):
         # credential), and logs them with a traceback: answer and log the kind only.
         if isinstance(exc, BadHttpMessage):
             status = _status_for(exc)
-        log.debug("bad request", extra={"client": _peer(self.transport), "status": status,
+        log.debug("bad request", extra={"client": peer(self.transport), "status": status,
                                         "error": type(exc).__name__ if exc else None})
         response = plain(status, HTTPStatus(status).phrase)
         response.force_close()
         return response
 
 
-_LINGER = 0.5  # seconds, Go's rstAvoidanceDelay
-_HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n"
-                   b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 32\r\n\r\n"
-                   b"Request Header Fields Too Large\n")
-
-
 def _status_for(exc: BadHttpMessage) -> int:
     """The status Go's net/http gives a request it cannot take (aiohttp says 400 for all)."""
+    if isinstance(exc, HeadTooLarge):
+        return HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
     if isinstance(exc, LineTooLong):
         line = bytes(exc.args[0][:8]) if exc.args and isinstance(exc.args[0], (bytes, bytearray)) \
             else b""
@@ -220,11 +181,6 @@ class _Server(web.Server):
 
     def __call__(self) -> RequestHandler:
         return _Protocol(self, loop=self._loop, **self._kwargs)
-
-
-def _peer(transport: asyncio.BaseTransport | None) -> str | None:
-    peer = transport.get_extra_info("peername") if transport is not None else None
-    return str(peer[0]) if peer else None
 
 
 class HttpServer:
