@@ -197,6 +197,16 @@ def test_a_head_arriving_with_the_end_of_the_body_before_it_starts_its_own_count
         b"201", b"201"]
 
 
+def test_requests_pipelined_behind_an_upgrade_request_are_all_answered(running: str) -> None:
+    """aiohttp keeps what follows an Upgrade request until it has answered it (no websocket
+    here: answered as a plain request); those requests are not one oversized head."""
+    upgrade = (b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+               b"Upgrade: websocket\r\n\r\n")
+    padded = b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 100 + b"\r\n\r\n"
+    close = b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    assert answers(running, HEALTHY * 20 + upgrade + padded * 600 + close) == [b"200"] * 622
+
+
 def test_a_head_that_begins_in_the_same_read_as_a_request_is_still_bounded(
         running: str) -> None:
     """64 KB of it arrives with the request before it and 64 KB more after: 431, not 200."""

@@ -50,7 +50,8 @@ class HeadLimitedHandler(RequestHandler):
         raise NotImplementedError
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        if self._refused or self._force_close or self._close:
+            self._held = b""  # closing (or refused): dropped unread, as aiohttp drops it
             return
         if not data:
             # aiohttp's cue, once its queue drains, to parse the requests its parser holds.
@@ -63,6 +64,12 @@ class HeadLimitedHandler(RequestHandler):
     def _feed(self) -> None:
         data, pos, limit = self._held, 0, self.head_limit()
         while pos < len(data) and not (self._refused or self._force_close or self._close):
+            if self._upgraded:
+                # Behind an Upgrade request aiohttp keeps what follows until it answers, and
+                # bounds it itself (it pauses reading past read_bufsize).
+                super().data_received(data[pos:])
+                pos = len(data)
+                break
             if len(self._messages) >= self._max_msg_queue_size:
                 break  # aiohttp has paused reading; it asks for the rest with an empty feed
             part = data[pos:pos + SLICE]
@@ -76,7 +83,8 @@ class HeadLimitedHandler(RequestHandler):
             pos += len(part)
             super().data_received(part)
             self._saw_heads()
-        self._held = data[pos:] if pos < len(data) and not self._refused else b""
+        stopped = self._refused or self._force_close or self._close
+        self._held = data[pos:] if pos < len(data) and not stopped else b""
 
     def _saw_heads(self) -> None:
         if self._request_count != self._heads and self._messages:
@@ -84,31 +92,46 @@ class HeadLimitedHandler(RequestHandler):
             self._head_bytes = 0
             self._body = self._messages[-1][1]
 
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._held = b""
+        super().connection_lost(exc)
+
     async def finish_response(self, request: BaseRequest, resp: StreamResponse,
                               start_time: float | None) -> tuple[StreamResponse, bool]:
         try:
             return await super().finish_response(request, resp, start_time)
         finally:
             self._answered += 1
+            if self._refused and self._answered == self._request_count:
+                # The queued refusal is answered: linger, and keep aiohttp from closing at
+                # once (it closes only when _force_close is unset).
+                self._force_close = True
+                self._linger()
 
     def _refuse(self) -> None:
         self._refused = True
+        self._held = b""
         transport = self.transport
-        log.debug("bad request", extra={
-            "client": peer(transport), "status": 431, "error": "request head too large"})
         if transport is None:
             return
         if self._request_count != self._answered:
             # Answers are still owed for requests before this one: the refusal goes in the
-            # queue behind them, answered (and the connection closed) in its turn.
+            # queue behind them, answered by handle_error in its turn.
+            self._request_count += 1
             self._messages.append((_ErrInfo(431, HeadTooLarge("request head too large"),
                                             "Request Header Fields Too Large"), EMPTY_PAYLOAD))
             if self._waiter is not None and not self._waiter.done():
                 self._waiter.set_result(None)
             return
+        log.debug("bad request", extra={
+            "client": peer(transport), "status": 431, "error": "request head too large"})
         transport.write(ANSWER)
+        self._linger()
+
+    def _linger(self) -> None:
         # As Go does: shut our side and close a moment later, so that a client still sending
         # can read the answer before the close resets the connection.
+        transport = self.transport
         if isinstance(transport, asyncio.WriteTransport) and transport.can_write_eof():
             transport.write_eof()
             asyncio.get_running_loop().call_later(LINGER, self.force_close)
