@@ -197,6 +197,32 @@ def test_a_head_arriving_with_the_end_of_the_body_before_it_starts_its_own_count
         b"201", b"201"]
 
 
+def test_a_registration_that_expects_100_continue_gets_it_then_its_answer(
+        running: str) -> None:
+    """curl asks before sending a body and waits a second for the 100; a wrong token gets
+    its 401 instead, without being invited to send."""
+    host, port = running.removeprefix("http://").split(":")
+    body = b'{"account": "acct-02", "id": "7004"}'
+
+    def ask(token: str) -> socket.socket:
+        s = socket.create_connection((host, int(port)), timeout=10)
+        s.sendall(b"POST /api/v1/containers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                  + token.encode() + b"\r\nContent-Type: application/json\r\n"
+                  b"Expect: 100-continue\r\nConnection: close\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body))
+        return s
+
+    with ask(API_TOKEN) as s:
+        interim = s.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), interim[:100]
+        s.sendall(body)
+        final = interim[len(b"HTTP/1.1 100 Continue\r\n\r\n"):] + b"".join(
+            iter(lambda: s.recv(65536), b""))
+    assert final.startswith(b"HTTP/1.1 201"), final[:200]
+    with ask("wrong") as s:
+        assert s.recv(65536).startswith(b"HTTP/1.1 401"), "no 100 for a refused request"
+
+
 def test_requests_pipelined_behind_an_upgrade_request_are_all_answered(running: str) -> None:
     """aiohttp keeps what follows an Upgrade request until it has answered it (no websocket
     here: answered as a plain request); those requests are not one oversized head."""

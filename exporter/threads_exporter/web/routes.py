@@ -258,6 +258,11 @@ async def read_body(request: Request) -> bytes | web.Response:
                          f"request body larger than {limits.max_body} bytes")
         response.force_close()
         return response
+    if raw.version >= (1, 1) and raw.headers.get("Expect", "").lower() == "100-continue":
+        # As Go's net/http does at a handler's first read: a client that asked waits for
+        # this before sending its body (curl waits a second, then sends anyway).
+        await raw.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        raw.writer.output_size = 0  # the answer proper has not begun
     chunks: list[bytes] = []
     size = 0
     try:
