@@ -70,6 +70,14 @@ _MIGRATIONS = {2: ("ALTER TABLE containers ADD COLUMN error_reason TEXT",
 _SETTABLE = frozenset(_COLUMNS) - {"account", "id", "registered_at"}
 
 
+def _of_accounts(where: str, args: list[object], accounts: Sequence[str] | None,
+                 ) -> tuple[str, list[object]]:
+    """A WHERE clause and its parameters, narrowed to some accounts (None: all)."""
+    if accounts is None:
+        return where, args
+    return (f"{where} AND account IN ({','.join('?' * len(accounts))})", [*args, *accounts])
+
+
 class StoreError(Exception):
     """The state file cannot be used; the message names the file and the cause."""
 
@@ -313,21 +321,14 @@ class Store:
 
     def due(self, now: float, limit: int, accounts: Sequence[str] | None = None) -> list[Row]:
         """Containers whose poll is due, the longest-waiting first."""
-        where = "next_poll_at <= ?"
-        args: list[object] = [now]
-        if accounts is not None:
-            where += f" AND account IN ({','.join('?' * len(accounts))})"
-            args += accounts
+        where, args = _of_accounts("next_poll_at <= ?", [now], accounts)
         rows = self._read(f"SELECT {', '.join(_COLUMNS)} FROM containers WHERE {where} "
                           "ORDER BY next_poll_at LIMIT ?", [*args, limit])
         return [_row(r) for r in rows]
 
     def next_due(self, accounts: Sequence[str] | None = None) -> float | None:
         """When the soonest container still polled is due (None: there is none)."""
-        where, args = "next_poll_at IS NOT NULL", []
-        if accounts is not None:
-            where += f" AND account IN ({','.join('?' * len(accounts))})"
-            args = list(accounts)
+        where, args = _of_accounts("next_poll_at IS NOT NULL", [], accounts)
         rows = self._read(f"SELECT next_poll_at FROM containers WHERE {where} "
                           "ORDER BY next_poll_at LIMIT 1", args)
         return rows[0][0] if rows else None
